@@ -1,0 +1,21 @@
+VENV ?= .venv
+ARGS ?=
+
+.PHONY: setup search test test-fast clean
+
+$(VENV)/.pgnas-installed: pyproject.toml constraints.txt scripts/setup.sh
+	VENV=$(VENV) bash scripts/setup.sh
+	touch $@
+
+setup: $(VENV)/.pgnas-installed
+
+## Set everything up and run the embedded default search (digits, small shake-shake).
+search: setup
+	$(VENV)/bin/pgnas search $(ARGS)
+
+## Set everything up and run the whole test suite.
+test: setup
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+from pgnas.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The ``pgnas`` command line: a thin layer over the Python API.
+
+Every problem a user can fix ends as one line on stderr and exit status 2; nothing is
+overwritten unless ``--force`` says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, Sequence
+
+from pgnas.config import SearchConfig
+from pgnas.errors import PgnasError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _field_type(f: dataclasses.Field):
+    t = str(f.type)
+    if t.startswith("bool"):
+        return "bool"
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+_HELP = {
+    "supernet": "super-network name (see `pgnas supernets`) or module:function",
+    "dataset": "data set name (digits, ...)",
+    "data_dir": "folder holding the data set's files",
+    "epochs": "posterior training epochs",
+    "candidates": "number of candidates to sample and rank",
+    "posterior": "'learned' (PGNAS) or 'fixed:P' (random baseline with drop rate P)",
+    "lambda_w": "weight prior l^2 (default: the super-network's, paper section 3)",
+    "n_data": "N of the KL term (default: 10 x training-set size)",
+    "val_size": "held-out validation split: a fraction (<1) or a count",
+    "out": "results folder (default: runs/<supernet>-<dataset>-<time>)",
+    "device": "auto, cpu or cuda[:N]",
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(SearchConfig):
+        flag = "--" + f.name.replace("_", "-")
+        typ = _field_type(f)
+        if typ == "bool":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=_HELP.get(f.name))
+        else:
+            p.add_argument(flag, dest=f.name, type=typ, default=None, metavar=f.name.upper(), help=_HELP.get(f.name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pgnas", description="Posterior-guided neural architecture search (PGNAS).")
+    parser.add_argument("--version", action="version", version=f"pgnas {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("search", help="train the posterior, sample candidates, select the best")
+    s.add_argument("--config", help="TOML file of settings (flags override it)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--force", action="store_true", help="replace the pgnas files of an existing results folder")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(s)
+
+    n = sub.add_parser("supernets", help="list the built-in super-networks")
+    n.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _version() -> str:
+    from pgnas import __version__
+
+    return __version__
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import pgnas
+    from pgnas.report import format_summary
+    from pgnas.search.pipeline import resume_config
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if getattr(args, f.name) is not None}
+    if args.resume:
+        if not args.out:
+            raise PgnasError("--resume needs --out RUN_DIR (the results folder to continue)")
+        if args.config:
+            raise PgnasError("--resume uses the run's saved config.toml; do not pass --config")
+        cfg = resume_config(args.out, flags)
+    else:
+        base = SearchConfig.from_toml(args.config).to_dict() if args.config else {}
+        base.update(flags)
+        cfg = SearchConfig.from_dict(base)
+    result = pgnas.search(cfg, resume=args.resume, force=args.force, progress=not args.quiet)
+    print(format_summary(result.summary, str(result.run_dir)))
+    return 0
+
+
+def cmd_supernets(args: argparse.Namespace) -> int:
+    from pgnas.posterior import count_parameters
+    from pgnas.supernets import list_supernets
+
+    rows = []
+    for spec in list_supernets():
+        model = spec.build()
+        rows.append({"name": spec.name, "params": count_parameters(model), "lambda_w": spec.lambda_w, "description": spec.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        print(f"{'name':<{width}}  {'params':>10}  {'lambda_w':>8}  description")
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['params'] / 1e6:>9.2f}M  {r['lambda_w']:>8g}  {r['description']}")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "supernets": cmd_supernets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except PgnasError as exc:
+        print(f"pgnas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pgnas {args.command}: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""Search configuration: one flat dataclass, read from TOML, overridden by flags, validated.
+
+The resolved configuration is written to ``config.toml`` in every results folder, so a run can
+be repeated (``pgnas search --config RUN/config.toml``) or resumed exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pgnas.errors import PgnasError
+
+DEFAULT_SUPERNET = "shake-shake-14-2x16d"
+DEFAULT_DATASET = "digits"
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs. ``None`` means "the super-network's or data set's default"."""
+
+    # what to search
+    supernet: str = DEFAULT_SUPERNET
+    dataset: str = DEFAULT_DATASET
+    data_dir: str | None = None
+    download: bool = False
+    # posterior training (paper section 3; small defaults for the embedded digits run)
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    grad_clip: float = 5.0
+    tau: float = 0.2
+    init_p: float = 0.1
+    posterior: str = "learned"  # "learned", or "fixed:P" for the random baseline (Bender et al.)
+    lambda_w: float | None = None  # weight prior l^2; None: the super-network's default
+    lambda_p: float = 1.0
+    n_data: float | None = None  # N in the KL term; None: 10 x training-set size (5e5 for CIFAR)
+    # data
+    val_size: float | None = None  # fraction (<1) or count (>=1) of train held out; None: data set default
+    split_seed: int = 0
+    crop_pad: int | None = None
+    flip: bool | None = None
+    cutout: int | None = None
+    autoaugment: bool = False
+    # guided sampling and selection
+    candidates: int = 100
+    top_k: int = 5
+    eval_batch_size: int = 500
+    # run
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "SearchConfig":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise PgnasError(msg)
+
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be >= 1, got {self.epochs!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
+        need(isinstance(self.candidates, int) and self.candidates >= 1, f"candidates must be >= 1, got {self.candidates!r}")
+        need(isinstance(self.top_k, int) and self.top_k >= 1, f"top_k must be >= 1, got {self.top_k!r}")
+        need(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}")
+        need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        need(_finite(self.grad_clip) and self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip!r}")
+        need(_finite(self.tau) and self.tau > 0, f"tau must be > 0, got {self.tau!r}")
+        need(_finite(self.init_p) and 0 < self.init_p < 1, f"init_p must be in (0, 1), got {self.init_p!r}")
+        need(self.lambda_w is None or (_finite(self.lambda_w) and self.lambda_w >= 0), f"lambda_w must be >= 0, got {self.lambda_w!r}")
+        need(_finite(self.lambda_p) and self.lambda_p >= 0, f"lambda_p must be >= 0, got {self.lambda_p!r}")
+        need(self.n_data is None or (_finite(self.n_data) and self.n_data > 0), f"n_data must be > 0, got {self.n_data!r}")
+        need(self.val_size is None or (_finite(self.val_size) and self.val_size > 0), f"val_size must be > 0, got {self.val_size!r}")
+        for name in ("crop_pad", "cutout"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, int) and v >= 0), f"{name} must be >= 0, got {v!r}")
+        self.fixed_p  # parses and checks `posterior`
+        return self
+
+    @property
+    def fixed_p(self) -> float | None:
+        """The fixed drop rate of the random baseline, or None for a learned posterior."""
+        text = str(self.posterior).strip().lower()
+        if text == "learned":
+            return None
+        if text.startswith("fixed:"):
+            try:
+                p = float(text.split(":", 1)[1])
+            except ValueError:
+                p = float("nan")
+            if not (0 < p < 1):
+                raise PgnasError(f"posterior 'fixed:P' needs P in (0, 1), got {self.posterior!r}")
+            return p
+        raise PgnasError(f"posterior must be 'learned' or 'fixed:P' (e.g. fixed:0.3), got {self.posterior!r}")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "SearchConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise PgnasError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        kwargs = {}
+        for key, value in data.items():
+            kwargs[key] = _coerce(key, value, known[key], source)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "SearchConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise PgnasError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PgnasError(f"config file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        # TOML has no null: settings left at None ("use the default") are written as comments.
+        data = {k: v for k, v in self.to_dict().items() if v is not None}
+        unset = [k for k, v in self.to_dict().items() if v is None]
+        text = "# pgnas search configuration (resolved)\n" + tomli_w.dumps(data)
+        if unset:
+            text += "# left at their defaults: " + ", ".join(unset) + "\n"
+        return text
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
+    """Check a TOML/flag value against the field's type; ints are accepted for floats."""
+    typ = str(f.type)
+    if value is None:
+        return None
+    if "bool" in typ:
+        if isinstance(value, bool):
+            return value
+        raise PgnasError(f"{source}: {key} must be true or false, got {value!r}")
+    if typ.startswith("int"):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise PgnasError(f"{source}: {key} must be an integer, got {value!r}")
+    if typ.startswith("float"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if not (key == "val_size" and isinstance(value, int)) else value
+        raise PgnasError(f"{source}: {key} must be a number, got {value!r}")
+    if typ.startswith("str"):
+        if isinstance(value, str):
+            return value
+        raise PgnasError(f"{source}: {key} must be a string, got {value!r}")
+    if "int" in typ and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise PgnasError(f"{source}: {key} has an unsupported value {value!r}")

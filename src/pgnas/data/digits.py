@@ -1,0 +1,40 @@
+"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): the embedded
+default data set, real data that needs no download.
+
+The set has no official test split: a fixed, stratified 20% (seed 0, independent of the run's
+seeds) is the test split, so every run reports on the same images.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pgnas.data.augment import AugmentSpec
+from pgnas.data.splits import stratified_split
+from pgnas.data.tensor_data import TensorSplits, split_train_val
+
+TEST_FRACTION = 0.2
+DEFAULT_VAL = 0.2  # of the training part (287 images: enough to rank candidates)
+DEFAULT_AUGMENT = AugmentSpec(crop_pad=1, flip=False, cutout=0)  # digits must not be mirrored
+
+
+def load_digits(val_size: float | int | None = None, split_seed: int = 0, augment: AugmentSpec | None = None) -> TensorSplits:
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    images = torch.from_numpy(bunch.images).float()  # values 0..16
+    x = (images * (255.0 / 16.0)).round().clamp(0, 255).to(torch.uint8)[:, None]
+    y = torch.from_numpy(bunch.target).long()
+    rest, test = stratified_split(y, TEST_FRACTION, seed=0)
+    return split_train_val(
+        "digits",
+        x[rest],
+        y[rest],
+        x[test],
+        y[test],
+        classes=[str(i) for i in range(10)],
+        val_size=DEFAULT_VAL if val_size is None else val_size,
+        split_seed=split_seed,
+        augment=augment or DEFAULT_AUGMENT,
+        source="sklearn.datasets.load_digits",
+    )

@@ -1,0 +1,166 @@
+"""Data sets that live as tensors: uint8 images in memory (or on the GPU), batches drawn,
+augmented and normalised as whole tensors.
+
+:class:`TensorSplits` is the contract between the data stage and the search stage:
+``train_batches`` (shuffled, augmented, an epoch at a time), ``eval_batches`` (the held-out
+validation split or the test split, normalised), the class names, and how the splits were made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from pgnas.data.augment import AugmentSpec, cutout, random_crop, random_flip
+from pgnas.data.splits import stratified_split
+
+
+@dataclass
+class TensorSplits:
+    name: str
+    train_x: Tensor  # uint8 (N, C, H, W)
+    train_y: Tensor  # int64 (N,)
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    val_indices: Tensor | None = None  # positions of the validation images in the source's training set
+    split_seed: int = 0
+    source: str = ""
+    _eval_cache: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train_x.shape[2]), int(self.train_x.shape[3])
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
+
+    def describe_split(self) -> dict:
+        return {
+            **self.sizes(),
+            "split_seed": self.split_seed,
+            "val_indices": None if self.val_indices is None else self.val_indices.tolist(),
+        }
+
+    def to(self, device: torch.device | str) -> "TensorSplits":
+        """Move the uint8 images to ``device`` (data resident on the GPU for small sets)."""
+        for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+            setattr(self, name, getattr(self, name).to(device))
+        self._eval_cache.clear()
+        return self
+
+    # ------------------------------------------------------------------ batches
+    def _normaliser(self, device) -> tuple[Tensor, Tensor]:
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return 1.0 / (255.0 * std), -mean / std
+
+    def normalise(self, x: Tensor) -> Tensor:
+        scale, shift = self._normaliser(x.device)
+        return x.float() * scale + shift
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, len(self.train_y) // batch_size)
+
+    def train_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        augment: AugmentSpec | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of shuffled, augmented, normalised batches (the last partial batch dropped,
+        unless the set is smaller than one batch)."""
+        spec = self.augment if augment is None else augment
+        n = len(self.train_y)
+        perm = torch.randperm(n, generator=generator)
+        steps = self.steps_per_epoch(batch_size)
+        scale, shift = self._normaliser(device)
+        for s in range(steps):
+            idx = perm[s * batch_size : (s + 1) * batch_size].to(self.train_x.device)
+            x = self.train_x.index_select(0, idx).to(device, non_blocking=True)
+            y = self.train_y.index_select(0, idx).to(device, non_blocking=True)
+            x = random_crop(x, spec.crop_pad, generator)
+            if spec.flip:
+                x = random_flip(x, generator)
+            x = x.float() * scale + shift
+            x = cutout(x, spec.cutout, generator)  # on normalised data: the square is the mean
+            yield x, y
+
+    def eval_tensors(self, split: str, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """The whole normalised ``val`` or ``test`` split on ``device`` (cached)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        key = (split, str(device))
+        if key not in self._eval_cache:
+            x = getattr(self, f"{split}_x").to(device)
+            y = getattr(self, f"{split}_y").to(device)
+            self._eval_cache[key] = (self.normalise(x), y)
+        return self._eval_cache[key]
+
+    def eval_batches(self, split: str, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
+        x, y = self.eval_tensors(split, device)
+        for s in range(0, len(y), batch_size):
+            yield x[s : s + batch_size], y[s : s + batch_size]
+
+
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    xf = x.float().div_(255.0)
+    dims = (0, 2, 3)
+    mean = xf.mean(dims)
+    std = xf.std(dims).clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def split_train_val(
+    name: str,
+    x: Tensor,
+    y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    classes: list[str],
+    val_size: float | int,
+    split_seed: int,
+    augment: AugmentSpec,
+    source: str = "",
+) -> TensorSplits:
+    """Carve a stratified validation split from the training set and assemble the splits.
+
+    Normalisation statistics come from the remaining training images only."""
+    train_idx, val_idx = stratified_split(y, val_size, split_seed)
+    train_x, train_y = x[train_idx], y[train_idx]
+    mean, std = channel_stats(train_x)
+    return TensorSplits(
+        name=name,
+        train_x=train_x,
+        train_y=train_y,
+        val_x=x[val_idx],
+        val_y=y[val_idx],
+        test_x=test_x,
+        test_y=test_y,
+        classes=list(classes),
+        mean=mean,
+        std=std,
+        augment=augment,
+        val_indices=val_idx,
+        split_seed=split_seed,
+        source=source,
+    )

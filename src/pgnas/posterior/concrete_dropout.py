@@ -1,0 +1,156 @@
+"""Channel concrete dropout: the hybrid representation of one conv or linear layer.
+
+One learned drop probability ``p = sigmoid(logit)`` per input-channel group (one group per layer
+unless the layer reads a concatenation), and a mask on every input channel:
+
+* training: a relaxed Bernoulli (concrete) mask per example and channel, shape (B, C_in, 1, 1),
+  ``mask = 1 - sigmoid((logit(p) + log u - log(1 - u)) / tau)`` (method section 1.7, logistic
+  noise; as tau -> 0 the channel is dropped with probability p). No 1/(1-p) rescaling.
+* candidate: one fixed hard 0/1 mask (1, C_in, 1, 1) applied to every input.
+* evaluation without a candidate: the expected mask ``1 - p`` (the mean network).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+EPS = 1e-8
+
+
+def logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+class ChannelConcreteDropout(nn.Module):
+    """Concrete dropout over the input channels of one layer, with one p per channel group.
+
+    Args:
+        group_sizes: sizes of the input-channel groups, in channel order (sum = C_in).
+        init_p: initial drop probability of every group.
+        tau: temperature of the relaxed Bernoulli.
+        learn_p: False for the random baseline: p is a fixed buffer, not a parameter.
+        channel_dim: 1 for convolutions (N, C, ...), -1 for linear layers (..., C).
+    """
+
+    def __init__(
+        self,
+        group_sizes: Sequence[int],
+        *,
+        init_p: float = 0.1,
+        tau: float = 0.2,
+        learn_p: bool = True,
+        channel_dim: int = 1,
+    ) -> None:
+        super().__init__()
+        sizes = tuple(int(s) for s in group_sizes)
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"group sizes must be positive, got {sizes}")
+        if not 0 < init_p < 1:
+            raise ValueError(f"init_p must be in (0, 1), got {init_p}")
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.group_sizes = sizes
+        self.num_channels = sum(sizes)
+        self.tau = float(tau)
+        self.channel_dim = channel_dim
+        init = torch.full((len(sizes),), logit(init_p))
+        if learn_p:
+            self.logit = nn.Parameter(init)
+        else:
+            self.register_buffer("logit", init)
+        index = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        self.register_buffer("group_index", index, persistent=False)
+        self.register_buffer("hard_mask", None, persistent=False)
+
+    # ------------------------------------------------------------------ probabilities
+    @property
+    def learned(self) -> bool:
+        return isinstance(self.logit, nn.Parameter)
+
+    def group_p(self) -> Tensor:
+        """Drop probability of each group, shape (G,)."""
+        return torch.sigmoid(self.logit)
+
+    def channel_logit(self) -> Tensor:
+        """Drop logit of each input channel, shape (C_in,)."""
+        if len(self.group_sizes) == 1:
+            return self.logit.expand(self.num_channels)
+        return self.logit[self.group_index]
+
+    def channel_p(self) -> Tensor:
+        """Drop probability of each input channel, shape (C_in,)."""
+        return torch.sigmoid(self.channel_logit())
+
+    # ------------------------------------------------------------------ candidate mode
+    def set_candidate(self, keep: Tensor | None) -> None:
+        """Fix a hard keep-mask (bool or 0/1, shape (C_in,)); ``None`` leaves candidate mode."""
+        if keep is None:
+            self.hard_mask = None
+            return
+        keep = torch.as_tensor(keep).reshape(-1)
+        if keep.numel() != self.num_channels:
+            raise ValueError(f"candidate mask has {keep.numel()} channels, layer has {self.num_channels}")
+        self.hard_mask = keep.to(device=self.logit.device, dtype=torch.float32)
+
+    @property
+    def in_candidate_mode(self) -> bool:
+        return self.hard_mask is not None
+
+    @property
+    def all_dropped(self) -> bool:
+        """True in candidate mode when every input channel is dropped (the operation is removed)."""
+        return self.hard_mask is not None and not bool(self.hard_mask.any())
+
+    # ------------------------------------------------------------------ forward
+    def _view(self, mask: Tensor, x: Tensor) -> Tensor:
+        """Reshape a (B or 1, C) mask so it broadcasts over x along the channel dimension."""
+        shape = [1] * x.dim()
+        shape[0] = mask.shape[0] if x.dim() > 1 else 1
+        cd = self.channel_dim % x.dim()
+        shape[cd] = self.num_channels
+        if cd == 0:  # unbatched linear input (C,)
+            return mask.reshape(-1)
+        return mask.reshape(shape)
+
+    def relaxed_mask(self, batch: int, device: torch.device | None = None) -> Tensor:
+        """A relaxed keep-mask per example and channel, shape (batch, C_in), float32."""
+        device = device or self.logit.device
+        u = torch.rand(batch, self.num_channels, device=device).clamp_(EPS, 1 - EPS)
+        noise = torch.log(u) - torch.log1p(-u)  # standard logistic
+        drop = torch.sigmoid((self.channel_logit().float() + noise) / self.tau)
+        return 1.0 - drop
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.hard_mask is not None:
+            return x * self._view(self.hard_mask[None], x).to(x.dtype)
+        if self.training:
+            batch = x.shape[0] if x.dim() > 1 else 1
+            mask = self.relaxed_mask(batch, x.device)
+            return x * self._view(mask, x).to(x.dtype)
+        keep = (1.0 - self.channel_p()).float()
+        return x * self._view(keep[None], x).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        groups = f"groups={list(self.group_sizes)}, " if len(self.group_sizes) > 1 else ""
+        return f"channels={self.num_channels}, {groups}tau={self.tau}, learned={self.learned}"
+
+
+def per_input_channel_sq_norm(layer: nn.Module) -> Tensor:
+    """||W[:, k]||^2 for every input channel k of a conv or linear layer, shape (C_in,)."""
+    w = layer.weight
+    if isinstance(layer, nn.Linear):
+        return w.pow(2).sum(0)
+    groups = layer.groups
+    out_ch, in_per_group = w.shape[0], w.shape[1]
+    return w.pow(2).reshape(groups, out_ch // groups, in_per_group, -1).sum(dim=(1, 3)).reshape(-1)
+
+
+def bernoulli_neg_entropy(logit_: Tensor) -> Tensor:
+    """p log p + (1-p) log(1-p) with p = sigmoid(logit), computed stably."""
+    p = torch.sigmoid(logit_)
+    return p * F.logsigmoid(logit_) + (1 - p) * F.logsigmoid(-logit_)

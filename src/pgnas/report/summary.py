@@ -1,0 +1,45 @@
+"""The final summary table a search prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:6.2f}%"
+
+
+def _params(n: float) -> str:
+    return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{int(n):,}"
+
+
+def format_summary(summary: dict[str, Any], run_dir: str | None = None) -> str:
+    sel = summary["selected"]
+    cand = summary["candidate_val_acc"]
+    lines = [
+        "",
+        f"pgnas search: {summary['supernet']} on {summary['dataset']}  "
+        f"(posterior {summary['posterior']['mode']}, mean p {summary['posterior']['mean_p']:.3f}, "
+        f"{summary['epochs']} epochs, {summary['num_candidates']} candidates)",
+        "",
+        f"{'':<22}{'val acc':>10}{'test acc':>10}{'params':>12}{'kept ch.':>10}",
+        f"{'super-network (mean)':<22}{_pct(summary['supernet_val_acc']):>10}{_pct(summary['supernet_test_acc']):>10}"
+        f"{_params(summary['supernet_params']):>12}{'100.0%':>10}",
+    ]
+    for rank, rec in enumerate(summary["top_k"], 1):
+        label = f"#{rank} candidate {rec['index']}" + (" *" if rank == 1 else "")
+        lines.append(
+            f"{label:<22}{_pct(rec['val_acc']):>10}{_pct(rec['test_acc']):>10}{_params(rec['params']):>12}"
+            f"{100 * rec['kept_fraction']:>9.1f}%"
+        )
+    lines += [
+        "",
+        f"candidates on validation: mean {_pct(cand['mean']).strip()}, std {100 * cand['std']:.2f} pts, "
+        f"range {_pct(cand['min']).strip()} - {_pct(cand['max']).strip()}",
+        f"selected: candidate {sel['index']} (val {_pct(sel['val_acc']).strip()}, test {_pct(sel['test_acc']).strip()}, "
+        f"{_params(sel['params'])} params, {sel.get('removed_ops', 0)} operations removed)",
+        f"time: training {summary['seconds']['train']:.1f}s, sampling {summary['seconds']['sample']:.1f}s on {summary['device']}",
+    ]
+    if run_dir:
+        lines.append(f"results: {run_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,302 @@
+"""The whole search: data -> super-network -> posterior training -> sampling -> selection ->
+results folder. ``pgnas.search(config)`` and ``pgnas search`` both land here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pgnas.config import SearchConfig
+from pgnas.data import load_dataset
+from pgnas.errors import PgnasError
+from pgnas.posterior import Posterior, count_parameters, instrument
+from pgnas.search.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from pgnas.search.select import accuracy, rank, read_candidates, score_candidates
+from pgnas.search.train import PosteriorTrainer
+from pgnas.supernets import get_supernet
+
+# Files a search owns in its results folder (--force removes these and nothing else).
+RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json")
+# Settings that may change when a run is resumed; every other one must match the saved run.
+RESUME_MUTABLE = frozenset({"candidates", "top_k", "eval_batch_size", "device", "out"})
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: its folder, the summary (as in summary.json), and the trained
+    super-network with the selected candidate's masks."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    model: nn.Module
+    posterior: Posterior
+    selected_masks: dict[str, torch.Tensor]
+    candidates: list[dict]
+
+    @property
+    def selected(self) -> dict[str, Any]:
+        return self.summary["selected"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise PgnasError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PgnasError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return dev
+
+
+def default_run_dir(cfg: SearchConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = cfg.supernet.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{name}-{cfg.dataset}-{stamp}"
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """The saved configuration of ``run_dir`` with ``overrides`` applied; overrides of settings
+    that shape training must equal the saved values."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        raise PgnasError(f"nothing to resume in {run_dir}: it has no config.toml")
+    saved = SearchConfig.from_toml(path)
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        if key not in RESUME_MUTABLE and value is not None and getattr(saved, key) != value:
+            raise PgnasError(
+                f"--resume: {key} = {value!r} differs from the run's saved {getattr(saved, key)!r}; "
+                f"only {', '.join(sorted(RESUME_MUTABLE))} may change on resume"
+            )
+    merged = {k: v for k, v in overrides.items() if k in RESUME_MUTABLE and v is not None}
+    merged["out"] = str(run_dir)
+    return saved.replace(**merged)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    if resume and force:
+        raise PgnasError("--resume and --force exclude each other")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PgnasError(f"results path {run_dir} exists and is not a folder")
+    has_files = run_dir.is_dir() and any(run_dir.iterdir())
+    if resume:
+        if not (run_dir / "config.toml").is_file():
+            raise PgnasError(f"nothing to resume in {run_dir}: it has no config.toml")
+        return
+    if has_files and not force:
+        raise PgnasError(f"results folder {run_dir} already exists; pass --resume to continue it or --force to start over")
+
+
+def _clear_run_files(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _progress(enabled: bool, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def search(
+    config: SearchConfig | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> SearchResult:
+    """Run a posterior-guided search and return its :class:`SearchResult`.
+
+    ``resume=True`` continues the run in ``config.out`` from its last checkpoint (losing at most
+    the epoch in progress) and its already scored candidates. ``force=True`` replaces the pgnas
+    files of an existing results folder.
+    """
+    cfg = (config or SearchConfig()).replace()
+    cfg.validate()
+    spec = get_supernet(cfg.supernet)
+    device = resolve_device(cfg.device)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    _prepare_run_dir(run_dir, resume, force)
+    saved = None
+    if resume:
+        saved = SearchConfig.from_toml(run_dir / "config.toml")
+
+    # ---- data (all input errors surface before anything is written)
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download)
+    augment = dataclasses.replace(
+        data.augment,
+        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout") if getattr(cfg, k) is not None},
+    )
+    cfg = cfg.replace(
+        out=str(run_dir),
+        lambda_w=spec.lambda_w if cfg.lambda_w is None else cfg.lambda_w,
+        n_data=float(10 * data.sizes()["train"]) if cfg.n_data is None else cfg.n_data,
+    )
+    if saved is not None:
+        for f in dataclasses.fields(SearchConfig):
+            if f.name not in RESUME_MUTABLE and getattr(saved, f.name) != getattr(cfg, f.name):
+                raise PgnasError(
+                    f"--resume: {f.name} = {getattr(cfg, f.name)!r} differs from the run's saved "
+                    f"{getattr(saved, f.name)!r}"
+                )
+    ckpt_path = run_dir / "checkpoint.pt"
+    state = load_checkpoint(ckpt_path) if (resume and ckpt_path.exists()) else None
+
+    # ---- super-network with its hybrid representation
+    torch.manual_seed(cfg.seed)
+    model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
+    posterior = instrument(
+        model,
+        groups=spec.groups(model) if spec.groups else None,
+        exclude=spec.exclude(model) if spec.exclude else (),
+        init_p=cfg.init_p,
+        tau=cfg.tau,
+        fixed_p=cfg.fixed_p,
+    )
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        data.to(device)
+    trainer = PosteriorTrainer(
+        model, posterior, data, cfg, device=device, augment=augment,
+        lambda_w=cfg.lambda_w, n_data=cfg.n_data, aux_weight=spec.aux_weight,
+    )
+    if state is not None:
+        if state.get("supernet") != cfg.supernet:
+            raise PgnasError(f"checkpoint {ckpt_path} is of super-network {state.get('supernet')!r}, not {cfg.supernet!r}")
+        trainer.load_state_dict(state)
+
+    # ---- the results folder
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if force:
+        _clear_run_files(run_dir)
+    atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+    atomic_write_text(run_dir / "split.json", json.dumps({"dataset": cfg.dataset, **data.describe_split()}) + "\n")
+    metrics_path = run_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, trainer.epoch)
+
+    # ---- posterior training
+    t_train = time.perf_counter()
+    train_seconds = float(state.get("train_seconds", 0.0)) if state else 0.0
+    for _ in range(trainer.epoch, cfg.epochs):
+        bar = _progress(progress, total=trainer.steps_per_epoch, desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", leave=False, unit="step")
+        try:
+            metrics = trainer.train_epoch(bar)
+        except PgnasError as exc:
+            bar.close()
+            raise PgnasError(f"{exc} ({ckpt_path})") from None
+        bar.close()
+        train_seconds += metrics["seconds"]
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        save_checkpoint(ckpt_path, {"supernet": cfg.supernet, "config": _plain(cfg.to_dict()), "train_seconds": train_seconds, **trainer.state_dict()})
+        if progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(
+                f"epoch {metrics['epoch']:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  ce {metrics['ce']:.4f}  "
+                f"kl {metrics['kl']:.4f}  train acc {metrics['train_acc']:.4f}  mean p {metrics['mean_p']:.4f}  "
+                f"{metrics['seconds']:.1f}s",
+                file=sys.stderr,
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(metrics)
+
+    # ---- guided sampling and selection on the validation split
+    t_sample = time.perf_counter()
+    cand_path = run_dir / "candidates.jsonl"
+    done = read_candidates(cand_path) if resume else {}
+    done = {i: r for i, r in done.items() if i < cfg.candidates}
+    if resume:  # rewrite without torn lines or candidates beyond a lowered count
+        atomic_write_text(cand_path, "".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
+    todo = [i for i in range(cfg.candidates) if i not in done]
+    bar = _progress(progress, total=cfg.candidates, initial=len(done), desc="candidates", unit="cand")
+    best = [max((r["val_acc"] for r in done.values()), default=0.0)]
+
+    def _tick(rec: dict) -> None:
+        best[0] = max(best[0], rec["val_acc"])
+        bar.set_postfix(best_val=f"{best[0]:.4f}", refresh=False)
+        bar.update(1)
+
+    score_candidates(model, posterior, data, todo, seed=cfg.seed, batch_size=cfg.eval_batch_size, device=device, out_path=cand_path, on_result=_tick)
+    bar.close()
+    records = [read_candidates(cand_path)[i] for i in range(cfg.candidates)]
+    ranked = rank(records)
+    sample_seconds = time.perf_counter() - t_sample
+
+    # ---- report the selected candidates on the test split (reporting only, never selecting)
+    top = []
+    for rec in ranked[: cfg.top_k]:
+        masks = posterior.sample_candidate(rec["index"], cfg.seed)
+        posterior.set_candidate(masks)
+        test_acc = accuracy(model, data, "test", cfg.eval_batch_size, device)
+        posterior.clear_candidate()
+        stats = posterior.candidate_stats(masks)
+        top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()}, "removed_op_names": stats["removed_ops"]})
+    best_masks = posterior.sample_candidate(ranked[0]["index"], cfg.seed)
+    supernet_val = accuracy(model, data, "val", cfg.eval_batch_size, device)
+    supernet_test = accuracy(model, data, "test", cfg.eval_batch_size, device)
+    vals = [r["val_acc"] for r in records]
+    mean_val = sum(vals) / len(vals)
+    summary = {
+        "selected": top[0],
+        "top_k": top,
+        "supernet": cfg.supernet,
+        "dataset": cfg.dataset,
+        "supernet_params": count_parameters(model),
+        "supernet_val_acc": supernet_val,  # the mean network (inputs scaled by 1 - p)
+        "supernet_test_acc": supernet_test,
+        "num_candidates": cfg.candidates,
+        "candidate_val_acc": {
+            "mean": mean_val,
+            "std": (sum((v - mean_val) ** 2 for v in vals) / len(vals)) ** 0.5,
+            "min": min(vals),
+            "max": max(vals),
+        },
+        "posterior": {
+            "mode": "learned" if cfg.fixed_p is None else f"fixed:{cfg.fixed_p}",
+            "mean_p": posterior.mean_p(),
+            "layers": len(posterior),
+            "groups": posterior.num_groups(),
+            "p": posterior.probs(),
+        },
+        "splits": data.sizes(),
+        "epochs": cfg.epochs,
+        "seconds": {"train": train_seconds, "sample": sample_seconds},
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return SearchResult(run_dir, summary, model, posterior, best_masks, records)
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the metric lines of checkpointed epochs only (a killed epoch may have logged)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epochs_done:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(keep))
+
+
+def _plain(d: dict) -> dict:
+    """A config dict with only str/int/float/bool/None values (loadable with weights_only)."""
+    return {k: v for k, v in d.items() if v is None or isinstance(v, (str, int, float, bool))}

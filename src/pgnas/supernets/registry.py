@@ -1,0 +1,91 @@
+"""A registry of super-networks by name (in the manner of timm's model registry).
+
+A super-network is an ordinary ``nn.Module`` built by a factory
+``factory(num_classes: int, in_channels: int) -> nn.Module``. Its spec records the defaults the
+search takes from it (the weight prior lambda_w of the paper's section 3) and how to instrument it
+(input-channel groups of layers that read concatenations).
+
+Contract with the trainer: in training mode ``forward`` returns logits, or ``(logits, aux_logits)``
+for networks with an auxiliary head (weighted by ``aux_weight``); a network with a schedule over
+training (drop-path) may define ``set_progress(fraction: float)``, called at each epoch start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from torch import nn
+
+from pgnas.errors import PgnasError
+
+Factory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class SupernetSpec:
+    name: str
+    factory: Factory
+    description: str
+    lambda_w: float = 50.0
+    aux_weight: float = 0.0
+    input_size: int = 32  # native input resolution (for MACs)
+    paper_params: float | None = None  # the paper's parameter count, for reference
+    groups: Callable[[nn.Module], Mapping[str, Sequence[int]]] | None = None
+    exclude: Callable[[nn.Module], Sequence[str]] | None = None
+    listed: bool = True
+
+    def build(self, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+        return self.factory(num_classes=num_classes, in_channels=in_channels)
+
+
+_REGISTRY: dict[str, SupernetSpec] = {}
+_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], SupernetSpec]]] = []
+
+
+def register(spec: SupernetSpec) -> SupernetSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"super-network {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def register_pattern(pattern: str, make: Callable[[re.Match], SupernetSpec]) -> None:
+    """A family of names (e.g. ``shake-shake-<depth>-2x<width>d``) built on demand."""
+    _PATTERNS.append((re.compile(pattern), make))
+
+
+def list_supernets() -> list[SupernetSpec]:
+    return [s for s in _REGISTRY.values() if s.listed]
+
+
+def get_supernet(name: str) -> SupernetSpec:
+    """Look a super-network up by name, by family pattern, or as ``module:function``."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for pattern, make in _PATTERNS:
+        m = pattern.fullmatch(name)
+        if m:
+            return make(m)
+    if ":" in name:
+        return _from_import_path(name)
+    known = ", ".join(s.name for s in list_supernets())
+    raise PgnasError(f"unknown super-network {name!r}; known: {known} (or a module:function factory)")
+
+
+def _from_import_path(name: str) -> SupernetSpec:
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PgnasError(f"super-network {name!r}: cannot import module {module_name!r} ({exc})") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise PgnasError(f"super-network {name!r}: module {module_name!r} has no attribute {attr!r}")
+    if isinstance(obj, SupernetSpec):
+        return obj
+    if not callable(obj):
+        raise PgnasError(f"super-network {name!r}: {attr!r} is not a factory function")
+    return SupernetSpec(name=name, factory=obj, description=f"user factory {name}", listed=False)
