@@ -1,0 +1,41 @@
+"""Counting a model's cost: parameters and multiply-accumulates (MACs) of one forward pass.
+
+MACs are counted on the real modules a forward pass runs (conv: output elements x input
+channels per group x kernel area; linear: output elements x input features); element-wise
+operations, normalisation and pooling are not counted, as is usual.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device | str = "cpu") -> int:
+    """MACs of one forward pass of ``model`` (in eval mode) on one input of ``input_shape``
+    (without the batch dimension, e.g. (3, 32, 32))."""
+    total = [0]
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if isinstance(module, _CONV):
+            k = math.prod(module.kernel_size)
+            total[0] += out.numel() * (module.in_channels // module.groups) * k
+        elif isinstance(module, nn.Linear):
+            total[0] += out.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _CONV + (nn.Linear,))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1,) + tuple(input_shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total[0])
