@@ -7,24 +7,17 @@ The pipeline, one sub-package per stage:
 from pgnas.config import SearchConfig
 from pgnas.errors import PgnasError
 from pgnas.posterior import Posterior, instrument
+from pgnas import search  # a callable package: pgnas.search(config) runs a search
 from pgnas.search import SearchResult, resume_config
-from pgnas.search import search as _search
 from pgnas.supernets import get_supernet, list_supernets, register
 
 __version__ = "0.1.0"
 
 
-def search(config: SearchConfig | dict | None = None, **kwargs) -> SearchResult:
-    """Run a search (the Python twin of ``pgnas search``); ``config`` may be a dict of settings."""
-    if isinstance(config, dict):
-        config = SearchConfig.from_dict(config)
-    return _search(config, **kwargs)
-
-
 def resume(run_dir, **overrides) -> SearchResult:
     """Continue the search in ``run_dir`` from its last checkpoint (``pgnas search --resume``)."""
     progress = overrides.pop("progress", True)
-    return _search(resume_config(run_dir, overrides), resume=True, progress=progress)
+    return search(resume_config(run_dir, overrides), resume=True, progress=progress)
 
 
 __all__ = [

@@ -117,13 +117,13 @@ class ChannelConcreteDropout(nn.Module):
             return mask.reshape(-1)
         return mask.reshape(shape)
 
-    def relaxed_mask(self, batch: int, device: torch.device | None = None) -> Tensor:
-        """A relaxed keep-mask per example and channel, shape (batch, C_in), float32."""
-        device = device or self.logit.device
-        u = torch.rand(batch, self.num_channels, device=device).clamp_(EPS, 1 - EPS)
-        noise = torch.log(u) - torch.log1p(-u)  # standard logistic
-        drop = torch.sigmoid((self.channel_logit().float() + noise) / self.tau)
-        return 1.0 - drop
+    def relaxed_mask(self, batch: int, device: torch.device | None = None, u: Tensor | None = None) -> Tensor:
+        """A relaxed keep-mask per example and channel, shape (batch, C_in), float32.
+
+        ``u`` (uniforms of that shape) may be given to make the draw explicit."""
+        if u is None:
+            u = torch.rand(batch, self.num_channels, device=device or self.logit.device)
+        return relaxed_keep(self.channel_logit().float(), u, self.tau)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.hard_mask is not None:
@@ -138,6 +138,15 @@ class ChannelConcreteDropout(nn.Module):
     def extra_repr(self) -> str:
         groups = f"groups={list(self.group_sizes)}, " if len(self.group_sizes) > 1 else ""
         return f"channels={self.num_channels}, {groups}tau={self.tau}, learned={self.learned}"
+
+
+def relaxed_keep(drop_logit: Tensor, u: Tensor, tau: float) -> Tensor:
+    """Concrete relaxation of a Bernoulli keep variable: ``1 - sigmoid((logit p + L) / tau)``
+    with L = log u - log(1 - u) standard logistic noise. As tau -> 0 this is the hard mask
+    ``1[u < 1 - p]``, i.e. keep with probability 1 - p."""
+    u = u.clamp(EPS, 1 - EPS)
+    noise = torch.log(u) - torch.log1p(-u)
+    return 1.0 - torch.sigmoid((drop_logit + noise) / tau)
 
 
 def per_input_channel_sq_norm(layer: nn.Module) -> Tensor:

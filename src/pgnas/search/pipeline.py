@@ -111,7 +111,7 @@ def _progress(enabled: bool, **kw):
 
 
 def search(
-    config: SearchConfig | None = None,
+    config: SearchConfig | dict | None = None,
     *,
     resume: bool = False,
     force: bool = False,
@@ -124,6 +124,8 @@ def search(
     the epoch in progress) and its already scored candidates. ``force=True`` replaces the pgnas
     files of an existing results folder.
     """
+    if isinstance(config, dict):
+        config = SearchConfig.from_dict(config)
     cfg = (config or SearchConfig()).replace()
     cfg.validate()
     spec = get_supernet(cfg.supernet)
