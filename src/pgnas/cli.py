@@ -69,6 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(s)
 
+    sm = sub.add_parser("sample", help="draw and rank (more) candidates from a trained posterior")
+    sm.add_argument("run_dir", metavar="RUN_DIR", help="results folder of a finished search")
+    sm.add_argument("--candidates", type=int, required=True, help="number of candidates")
+    sm.add_argument("--out", help="results folder (default: RUN_DIR/sample-<C>)")
+    sm.add_argument("--seed", type=int, default=None, help="candidate seed (default: the search's, so candidate i is the same)")
+    sm.add_argument("--top-k", dest="top_k", type=int, default=None)
+    sm.add_argument("--eval-tile", dest="eval_tile", type=int, default=None, help="candidates per forward pass")
+    sm.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=None)
+    sm.add_argument("--race", action=argparse.BooleanOptionalAction, default=None, help="successive halving")
+    sm.add_argument("--race-eta", dest="race_eta", type=int, default=None)
+    sm.add_argument("--race-rungs", dest="race_rungs", type=int, default=None)
+    sm.add_argument("--bn-recalibrate", dest="bn_recalibrate", type=int, default=None, help="BN re-estimation batches per candidate")
+    sm.add_argument("--device", default=None)
+    sm.add_argument("--force", action="store_true", help="replace an existing output folder")
+    sm.add_argument("--quiet", action="store_true", help="no progress bars")
+
     n = sub.add_parser("supernets", help="list the built-in super-networks")
     n.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -97,8 +113,29 @@ def cmd_search(args: argparse.Namespace) -> int:
         base.update(flags)
         cfg = SearchConfig.from_dict(base)
     result = pgnas.search(cfg, resume=args.resume, force=args.force, progress=not args.quiet)
-    print(format_summary(result.summary, str(result.run_dir)))
+    if _rank() == 0:
+        print(format_summary(result.summary, str(result.run_dir)))
     return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from pgnas.report import format_summary
+    from pgnas.search.pipeline import sample
+
+    keys = ("top_k", "eval_tile", "eval_batch_size", "race", "race_eta", "race_rungs", "bn_recalibrate", "device")
+    result = sample(
+        args.run_dir, candidates=args.candidates, out=args.out, seed=args.seed, force=args.force,
+        progress=not args.quiet, **{k: getattr(args, k) for k in keys},
+    )
+    if result.summary.get("world_size", 1) == 1 or _rank() == 0:
+        print(format_summary(result.summary, str(result.run_dir)))
+    return 0
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def cmd_supernets(args: argparse.Namespace) -> int:
@@ -119,7 +156,7 @@ def cmd_supernets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "supernets": cmd_supernets}
+COMMANDS = {"search": cmd_search, "sample": cmd_sample, "supernets": cmd_supernets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,9 +51,15 @@ class SearchConfig:
     candidates: int = 100
     top_k: int = 5
     eval_batch_size: int = 500
+    eval_tile: int = 8  # candidates per forward pass (1: one by one); exact either way
+    race: bool = False  # successive halving over the validation split (faster, may miss the winner)
+    race_eta: int = 3
+    race_rungs: int = 4
+    bn_recalibrate: int = 0  # training batches to re-estimate BN per candidate; 0: off (the paper)
     # run
     seed: int = 0
     device: str = "auto"
+    compile: bool = False  # torch.compile the training step's model (GPU runs)
     out: str | None = None
 
     # ------------------------------------------------------------------ validation
@@ -67,6 +73,10 @@ class SearchConfig:
         need(isinstance(self.candidates, int) and self.candidates >= 1, f"candidates must be >= 1, got {self.candidates!r}")
         need(isinstance(self.top_k, int) and self.top_k >= 1, f"top_k must be >= 1, got {self.top_k!r}")
         need(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}")
+        need(isinstance(self.eval_tile, int) and self.eval_tile >= 1, f"eval_tile must be >= 1, got {self.eval_tile!r}")
+        need(isinstance(self.race_eta, int) and self.race_eta >= 2, f"race_eta must be >= 2, got {self.race_eta!r}")
+        need(isinstance(self.race_rungs, int) and self.race_rungs >= 1, f"race_rungs must be >= 1, got {self.race_rungs!r}")
+        need(isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
         need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(_finite(self.grad_clip) and self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip!r}")

@@ -85,16 +85,24 @@ class TensorSplits:
         generator: torch.Generator,
         device: torch.device | str = "cpu",
         augment: AugmentSpec | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of shuffled, augmented, normalised batches (the last partial batch dropped,
-        unless the set is smaller than one batch)."""
+        unless the set is smaller than one batch).
+
+        Under data parallelism every rank passes an identically seeded ``generator``: all draw the
+        same global order and rank r takes its 1/world_size share of each global batch."""
         spec = self.augment if augment is None else augment
         n = len(self.train_y)
         perm = torch.randperm(n, generator=generator)
         steps = self.steps_per_epoch(batch_size)
         scale, shift = self._normaliser(device)
+        local = batch_size // world_size
         for s in range(steps):
-            idx = perm[s * batch_size : (s + 1) * batch_size].to(self.train_x.device)
+            start = s * batch_size + rank * local
+            idx = perm[start : start + local].to(self.train_x.device)
             x = self.train_x.index_select(0, idx).to(device, non_blocking=True)
             y = self.train_y.index_select(0, idx).to(device, non_blocking=True)
             x = random_crop(x, spec.crop_pad, generator)

@@ -88,22 +88,35 @@ class ChannelConcreteDropout(nn.Module):
 
     # ------------------------------------------------------------------ candidate mode
     def set_candidate(self, keep: Tensor | None) -> None:
-        """Fix a hard keep-mask (bool or 0/1, shape (C_in,)); ``None`` leaves candidate mode."""
+        """Fix hard keep-masks; ``None`` leaves candidate mode.
+
+        ``keep`` is (C_in,) for one candidate, or (K, C_in) for K candidates evaluated in one
+        forward pass: the batch is then K tiles, tile j (rows j*B/K .. (j+1)*B/K - 1) masked by
+        candidate j.
+        """
         if keep is None:
             self.hard_mask = None
             return
-        keep = torch.as_tensor(keep).reshape(-1)
-        if keep.numel() != self.num_channels:
-            raise ValueError(f"candidate mask has {keep.numel()} channels, layer has {self.num_channels}")
+        keep = torch.as_tensor(keep)
+        keep = keep.reshape(1, -1) if keep.dim() <= 1 else keep.reshape(keep.shape[0], -1)
+        if keep.shape[1] != self.num_channels:
+            raise ValueError(f"candidate mask has {keep.shape[1]} channels, layer has {self.num_channels}")
         self.hard_mask = keep.to(device=self.logit.device, dtype=torch.float32)
 
     @property
     def in_candidate_mode(self) -> bool:
         return self.hard_mask is not None
 
+    def op_alive(self) -> Tensor | None:
+        """In candidate mode, a (K,) bool tensor: does candidate j keep any input channel (is the
+        operation still there)? ``None`` outside candidate mode."""
+        if self.hard_mask is None:
+            return None
+        return self.hard_mask.any(dim=1)
+
     @property
     def all_dropped(self) -> bool:
-        """True in candidate mode when every input channel is dropped (the operation is removed)."""
+        """True in candidate mode when every candidate drops every input channel."""
         return self.hard_mask is not None and not bool(self.hard_mask.any())
 
     # ------------------------------------------------------------------ forward
@@ -117,6 +130,15 @@ class ChannelConcreteDropout(nn.Module):
             return mask.reshape(-1)
         return mask.reshape(shape)
 
+    def _candidate_forward(self, x: Tensor) -> Tensor:
+        mask = self.hard_mask
+        k = mask.shape[0]
+        if k > 1:
+            if x.dim() < 2 or x.shape[0] % k:
+                raise ValueError(f"a batch of {x.shape[0] if x.dim() else 1} cannot be split into {k} candidate tiles")
+            mask = mask.repeat_interleave(x.shape[0] // k, dim=0)
+        return x * self._view(mask, x).to(x.dtype)
+
     def relaxed_mask(self, batch: int, device: torch.device | None = None, u: Tensor | None = None) -> Tensor:
         """A relaxed keep-mask per example and channel, shape (batch, C_in), float32.
 
@@ -127,7 +149,7 @@ class ChannelConcreteDropout(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.hard_mask is not None:
-            return x * self._view(self.hard_mask[None], x).to(x.dtype)
+            return self._candidate_forward(x)
         if self.training:
             batch = x.shape[0] if x.dim() > 1 else 1
             mask = self.relaxed_mask(batch, x.device)

@@ -212,6 +212,14 @@ class Posterior:
         for pl in self:
             pl.dropout.set_candidate(masks[pl.name])
 
+    def set_candidates(self, many: Sequence[Mapping[str, Tensor]]) -> None:
+        """Put K candidates in at once: a batch of K equal tiles is then evaluated with tile j
+        under candidate j (one forward pass for K candidates)."""
+        if len(many) == 1:
+            return self.set_candidate(many[0])
+        for pl in self:
+            pl.dropout.set_candidate(torch.stack([torch.as_tensor(m[pl.name]).reshape(-1) for m in many]))
+
     def clear_candidate(self) -> None:
         for pl in self:
             pl.dropout.set_candidate(None)

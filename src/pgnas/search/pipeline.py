@@ -1,11 +1,14 @@
 """The whole search: data -> super-network -> posterior training -> sampling -> selection ->
-results folder. ``pgnas.search(config)`` and ``pgnas search`` both land here."""
+results folder. ``pgnas.search(config)`` and ``pgnas search`` land in :func:`search`;
+``pgnas sample`` (more candidates from a trained posterior) in :func:`sample`.
+
+Under ``torchrun`` every rank runs this code; rank 0 alone writes files.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -20,14 +23,17 @@ from pgnas.data import load_dataset
 from pgnas.errors import PgnasError
 from pgnas.posterior import Posterior, count_parameters, instrument
 from pgnas.search.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from pgnas.search.select import accuracy, rank, read_candidates, score_candidates
+from pgnas.search.distributed import Dist, barrier, init_from_env
+from pgnas.search.select import CandidateScorer, accuracy, rank, read_candidates
 from pgnas.search.train import PosteriorTrainer
 from pgnas.supernets import get_supernet
 
 # Files a search owns in its results folder (--force removes these and nothing else).
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json")
 # Settings that may change when a run is resumed; every other one must match the saved run.
-RESUME_MUTABLE = frozenset({"candidates", "top_k", "eval_batch_size", "device", "out"})
+RESUME_MUTABLE = frozenset(
+    {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "out"}
+)
 
 
 @dataclass
@@ -45,6 +51,20 @@ class SearchResult:
     @property
     def selected(self) -> dict[str, Any]:
         return self.summary["selected"]
+
+
+@dataclass
+class Run:
+    """A super-network with its posterior, its data, and the resolved configuration."""
+
+    cfg: SearchConfig
+    spec: Any
+    data: Any
+    model: nn.Module
+    posterior: Posterior
+    augment: Any
+    device: torch.device
+    dist: Dist
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,15 +119,43 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         raise PgnasError(f"results folder {run_dir} already exists; pass --resume to continue it or --force to start over")
 
 
-def _clear_run_files(run_dir: Path) -> None:
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-
-
 def _progress(enabled: bool, **kw):
     from tqdm.auto import tqdm
 
     return tqdm(disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def build_run(cfg: SearchConfig) -> Run:
+    """Load the data and build the instrumented super-network (no files written)."""
+    spec = get_supernet(cfg.supernet)
+    device = resolve_device(cfg.device)
+    d = init_from_env(device.type)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download)
+    augment = dataclasses.replace(
+        data.augment,
+        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout") if getattr(cfg, k) is not None},
+    )
+    cfg = cfg.replace(
+        lambda_w=spec.lambda_w if cfg.lambda_w is None else cfg.lambda_w,
+        n_data=float(10 * data.sizes()["train"]) if cfg.n_data is None else cfg.n_data,
+    )
+    torch.manual_seed(cfg.seed)
+    model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
+    posterior = instrument(
+        model,
+        groups=spec.groups(model) if spec.groups else None,
+        exclude=spec.exclude(model) if spec.exclude else (),
+        init_p=cfg.init_p,
+        tau=cfg.tau,
+        fixed_p=cfg.fixed_p,
+    )
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        data.to(device)
+    return Run(cfg, spec, data, model, posterior, augment, device, d)
 
 
 def search(
@@ -128,53 +176,21 @@ def search(
         config = SearchConfig.from_dict(config)
     cfg = (config or SearchConfig()).replace()
     cfg.validate()
-    spec = get_supernet(cfg.supernet)
-    device = resolve_device(cfg.device)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     _prepare_run_dir(run_dir, resume, force)
-    saved = None
+    run = build_run(cfg.replace(out=str(run_dir)))  # all input errors surface before anything is written
+    cfg, main = run.cfg, run.dist.is_main
+    progress = progress and main
     if resume:
         saved = SearchConfig.from_toml(run_dir / "config.toml")
-
-    # ---- data (all input errors surface before anything is written)
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download)
-    augment = dataclasses.replace(
-        data.augment,
-        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout") if getattr(cfg, k) is not None},
-    )
-    cfg = cfg.replace(
-        out=str(run_dir),
-        lambda_w=spec.lambda_w if cfg.lambda_w is None else cfg.lambda_w,
-        n_data=float(10 * data.sizes()["train"]) if cfg.n_data is None else cfg.n_data,
-    )
-    if saved is not None:
         for f in dataclasses.fields(SearchConfig):
             if f.name not in RESUME_MUTABLE and getattr(saved, f.name) != getattr(cfg, f.name):
-                raise PgnasError(
-                    f"--resume: {f.name} = {getattr(cfg, f.name)!r} differs from the run's saved "
-                    f"{getattr(saved, f.name)!r}"
-                )
+                raise PgnasError(f"--resume: {f.name} = {getattr(cfg, f.name)!r} differs from the run's saved {getattr(saved, f.name)!r}")
     ckpt_path = run_dir / "checkpoint.pt"
     state = load_checkpoint(ckpt_path) if (resume and ckpt_path.exists()) else None
-
-    # ---- super-network with its hybrid representation
-    torch.manual_seed(cfg.seed)
-    model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
-    posterior = instrument(
-        model,
-        groups=spec.groups(model) if spec.groups else None,
-        exclude=spec.exclude(model) if spec.exclude else (),
-        init_p=cfg.init_p,
-        tau=cfg.tau,
-        fixed_p=cfg.fixed_p,
-    )
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-        data.to(device)
     trainer = PosteriorTrainer(
-        model, posterior, data, cfg, device=device, augment=augment,
-        lambda_w=cfg.lambda_w, n_data=cfg.n_data, aux_weight=spec.aux_weight,
+        run.model, run.posterior, run.data, cfg, device=run.device, augment=run.augment,
+        lambda_w=cfg.lambda_w, n_data=cfg.n_data, aux_weight=run.spec.aux_weight, dist=run.dist,
     )
     if state is not None:
         if state.get("supernet") != cfg.supernet:
@@ -182,60 +198,139 @@ def search(
         trainer.load_state_dict(state)
 
     # ---- the results folder
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if force:
-        _clear_run_files(run_dir)
-    atomic_write_text(run_dir / "config.toml", cfg.to_toml())
-    atomic_write_text(run_dir / "split.json", json.dumps({"dataset": cfg.dataset, **data.describe_split()}) + "\n")
     metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, trainer.epoch)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if force:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+        atomic_write_text(run_dir / "split.json", json.dumps({"dataset": cfg.dataset, **run.data.describe_split()}) + "\n")
+        _truncate_metrics(metrics_path, trainer.epoch)
+    barrier(run.dist)
 
     # ---- posterior training
-    t_train = time.perf_counter()
     train_seconds = float(state.get("train_seconds", 0.0)) if state else 0.0
     for _ in range(trainer.epoch, cfg.epochs):
         bar = _progress(progress, total=trainer.steps_per_epoch, desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", leave=False, unit="step")
         try:
             metrics = trainer.train_epoch(bar)
         except PgnasError as exc:
-            bar.close()
             raise PgnasError(f"{exc} ({ckpt_path})") from None
-        bar.close()
+        finally:
+            bar.close()
         train_seconds += metrics["seconds"]
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        save_checkpoint(ckpt_path, {"supernet": cfg.supernet, "config": _plain(cfg.to_dict()), "train_seconds": train_seconds, **trainer.state_dict()})
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            save_checkpoint(ckpt_path, {"supernet": cfg.supernet, "config": _plain(cfg.to_dict()), "train_seconds": train_seconds, **trainer.state_dict()})
+        barrier(run.dist)
         if progress:
-            from tqdm.auto import tqdm
-
-            tqdm.write(
+            _log(
                 f"epoch {metrics['epoch']:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  ce {metrics['ce']:.4f}  "
                 f"kl {metrics['kl']:.4f}  train acc {metrics['train_acc']:.4f}  mean p {metrics['mean_p']:.4f}  "
-                f"{metrics['seconds']:.1f}s",
-                file=sys.stderr,
+                f"{metrics['seconds']:.1f}s"
             )
         if on_epoch_end is not None:
             on_epoch_end(metrics)
 
-    # ---- guided sampling and selection on the validation split
+    return _select_and_report(run, run_dir, resume=resume, progress=progress, train_seconds=train_seconds)
+
+
+def sample(
+    run_dir: str | Path,
+    *,
+    candidates: int,
+    out: str | Path | None = None,
+    seed: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> SearchResult:
+    """Draw and rank ``candidates`` candidates from the trained posterior of ``run_dir``.
+
+    Results go to ``out`` (default ``RUN_DIR/sample-<C>``); ``seed`` picks another set of
+    candidates than the search's (default: the search's seed, so candidate i is the same).
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not (run_dir / "config.toml").is_file():
+        raise PgnasError(f"{run_dir} is not a pgnas results folder (no config.toml)")
+    if not ckpt_path.is_file():
+        raise PgnasError(f"{run_dir} has no checkpoint.pt: train the posterior first (pgnas search)")
+    saved = SearchConfig.from_toml(run_dir / "config.toml")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(changes) - (RESUME_MUTABLE - {"out"})
+    if unknown:
+        raise PgnasError(f"pgnas sample cannot change {', '.join(sorted(unknown))}")
+    out_dir = Path(out) if out else run_dir / f"sample-{candidates}"
+    cfg = saved.replace(candidates=candidates, out=str(out_dir), seed=saved.seed if seed is None else seed, **changes)
+    cfg.validate()
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise PgnasError(f"results folder {out_dir} already exists; pass --force to replace it")
+    state = load_checkpoint(ckpt_path)
+    if state.get("epoch") != saved.epochs:
+        raise PgnasError(f"{run_dir}: training stopped after epoch {state.get('epoch')} of {saved.epochs}; finish it with pgnas search --resume")
+    run = build_run(cfg)
+    try:
+        run.model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise PgnasError(f"checkpoint {ckpt_path} does not fit its configuration: {str(exc).splitlines()[0]}") from None
+    if run.dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("candidates.jsonl", "summary.json"):
+            (out_dir / name).unlink(missing_ok=True)
+        atomic_write_text(out_dir / "config.toml", run.cfg.to_toml())
+    barrier(run.dist)
+    return _select_and_report(run, out_dir, resume=False, progress=progress and run.dist.is_main,
+                              train_seconds=float(state.get("train_seconds", 0.0)))
+
+
+def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool, train_seconds: float) -> SearchResult:
+    """Score the candidates on the validation split, rank them, report the best on test."""
+    cfg, model, posterior, data, device, main = run.cfg, run.model, run.posterior, run.data, run.device, run.dist.is_main
     t_sample = time.perf_counter()
+    scorer = CandidateScorer(
+        model, posterior, data, seed=cfg.seed, device=device, batch_size=cfg.eval_batch_size,
+        tile=cfg.eval_tile, bn_recalibrate=cfg.bn_recalibrate, train_batch_size=cfg.batch_size, dist=run.dist,
+    )
     cand_path = run_dir / "candidates.jsonl"
-    done = read_candidates(cand_path) if resume else {}
-    done = {i: r for i, r in done.items() if i < cfg.candidates}
-    if resume:  # rewrite without torn lines or candidates beyond a lowered count
-        atomic_write_text(cand_path, "".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
-    todo = [i for i in range(cfg.candidates) if i not in done]
-    bar = _progress(progress, total=cfg.candidates, initial=len(done), desc="candidates", unit="cand")
-    best = [max((r["val_acc"] for r in done.values()), default=0.0)]
+    if cfg.race:
+        bar = _progress(progress, total=cfg.race_rungs, desc="racing candidates", unit="rung")
+        records = scorer.race(
+            range(cfg.candidates), eta=cfg.race_eta, rungs=cfg.race_rungs, keep_min=cfg.top_k,
+            on_rung=lambda r, n, seen: (bar.set_postfix(candidates=n, examples=seen, refresh=False), bar.update(1)),
+        )
+        bar.close()
+        if main:
+            atomic_write_text(cand_path, "".join(json.dumps(r) + "\n" for r in records))
+    else:
+        done = read_candidates(cand_path) if resume else {}
+        n_val = len(scorer.y)
+        done = {i: r for i, r in done.items() if i < cfg.candidates and r.get("val_seen", n_val) == n_val}
+        if main and resume:  # rewrite without torn lines or candidates beyond a lowered count
+            atomic_write_text(cand_path, "".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
+        todo = [i for i in range(cfg.candidates) if i not in done]
+        bar = _progress(progress, total=cfg.candidates, initial=len(done), desc="candidates", unit="cand")
+        best = [max((r["val_acc"] for r in done.values()), default=0.0)]
+        f = open(cand_path, "a") if main else None
 
-    def _tick(rec: dict) -> None:
-        best[0] = max(best[0], rec["val_acc"])
-        bar.set_postfix(best_val=f"{best[0]:.4f}", refresh=False)
-        bar.update(1)
+        def _tick(rec: dict) -> None:
+            if f is not None:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+            best[0] = max(best[0], rec["val_acc"])
+            bar.set_postfix(best_val=f"{best[0]:.4f}", refresh=False)
+            bar.update(1)
 
-    score_candidates(model, posterior, data, todo, seed=cfg.seed, batch_size=cfg.eval_batch_size, device=device, out_path=cand_path, on_result=_tick)
-    bar.close()
-    records = [read_candidates(cand_path)[i] for i in range(cfg.candidates)]
+        try:
+            new = scorer.exhaustive(todo, on_result=_tick)
+        finally:
+            bar.close()
+            if f is not None:
+                f.close()
+        allrec = {**done, **{r["index"]: r for r in new}}
+        records = [allrec[i] for i in range(cfg.candidates)]
     ranked = rank(records)
     sample_seconds = time.perf_counter() - t_sample
 
@@ -249,8 +344,6 @@ def search(
         stats = posterior.candidate_stats(masks)
         top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()}, "removed_op_names": stats["removed_ops"]})
     best_masks = posterior.sample_candidate(ranked[0]["index"], cfg.seed)
-    supernet_val = accuracy(model, data, "val", cfg.eval_batch_size, device)
-    supernet_test = accuracy(model, data, "test", cfg.eval_batch_size, device)
     vals = [r["val_acc"] for r in records]
     mean_val = sum(vals) / len(vals)
     summary = {
@@ -259,9 +352,10 @@ def search(
         "supernet": cfg.supernet,
         "dataset": cfg.dataset,
         "supernet_params": count_parameters(model),
-        "supernet_val_acc": supernet_val,  # the mean network (inputs scaled by 1 - p)
-        "supernet_test_acc": supernet_test,
+        "supernet_val_acc": accuracy(model, data, "val", cfg.eval_batch_size, device),  # the mean network (inputs x (1 - p))
+        "supernet_test_acc": accuracy(model, data, "test", cfg.eval_batch_size, device),
         "num_candidates": cfg.candidates,
+        "selection": "race" if cfg.race else "exhaustive",
         "candidate_val_acc": {
             "mean": mean_val,
             "std": (sum((v - mean_val) ** 2 for v in vals) / len(vals)) ** 0.5,
@@ -279,10 +373,19 @@ def search(
         "epochs": cfg.epochs,
         "seconds": {"train": train_seconds, "sample": sample_seconds},
         "device": str(device),
+        "world_size": run.dist.world_size,
         "torch": torch.__version__,
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier(run.dist)
     return SearchResult(run_dir, summary, model, posterior, best_masks, records)
+
+
+def _log(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:

@@ -16,6 +16,7 @@ from pgnas.config import SearchConfig
 from pgnas.data.augment import AugmentSpec
 from pgnas.errors import PgnasError
 from pgnas.posterior import Posterior
+from pgnas.search.distributed import Dist
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -51,6 +52,7 @@ class PosteriorTrainer:
         lambda_w: float,
         n_data: float,
         aux_weight: float = 0.0,
+        dist: Dist = Dist(),
     ) -> None:
         self.model = model
         self.posterior = posterior
@@ -69,7 +71,17 @@ class PosteriorTrainer:
         self.params = params
         self.step = 0
         self.epoch = 0  # epochs completed
-        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.generator = torch.Generator().manual_seed(config.seed + 1)  # data order and augmentation
+        self.dist = dist
+        self.net = model
+        if dist.enabled:
+            if config.batch_size % dist.world_size:
+                raise PgnasError(f"batch_size {config.batch_size} is not divisible by the {dist.world_size} ranks")
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.compile:
+            self.net = torch.compile(self.net)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -99,16 +111,21 @@ class PosteriorTrainer:
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, progress=None) -> dict[str, Any]:
         """Train one epoch and return its metrics; raises PgnasError if the loss turns non-finite."""
-        model, cfg, dev = self.model, self.cfg, self.device
+        model, cfg, dev = self.net, self.cfg, self.device
         model.train()
-        if hasattr(model, "set_progress"):
-            model.set_progress(self.epoch / cfg.epochs)
+        # Masks and shake-shake coefficients: seeded per (run seed, epoch, rank), so a resumed run,
+        # on any number of ranks, draws what it would have drawn; ranks draw independently.
+        torch.manual_seed(_derive_seed(cfg.seed, self.epoch, self.dist.rank))
+        if hasattr(self.model, "set_progress"):
+            self.model.set_progress(self.epoch / cfg.epochs)
         sums = torch.zeros(5, device=dev, dtype=torch.float64)  # ce, kl_w, kl_ent, correct, seen
         bad = torch.zeros((), device=dev, dtype=torch.bool)
         check_every = 1 if dev.type == "cpu" else 50
         t0 = time.perf_counter()
         lr = cfg.lr
-        for i, (x, y) in enumerate(self.data.train_batches(cfg.batch_size, self.generator, dev, self.augment)):
+        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size} if self.dist.enabled else {}
+        batches = self.data.train_batches(cfg.batch_size, self.generator, dev, self.augment, **shard)
+        for i, (x, y) in enumerate(batches):
             lr = cosine_lr(cfg.lr, self.step, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -136,12 +153,16 @@ class PosteriorTrainer:
                         torch.tensor(float(len(y)), device=dev, dtype=torch.float64),
                     ]
                 )
-            if (i + 1) % check_every == 0 and bool(bad):
+            if (i + 1) % check_every == 0 and self._any(bad):
                 self._nan(i + 1)
             if progress is not None:
                 progress.update(1)
-        if bool(bad):
+        if self._any(bad):
             self._nan(self.steps_per_epoch)
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            tdist.all_reduce(sums)
         self.epoch += 1
         ce, kw, ke, correct, seen = sums.tolist()
         return {
@@ -157,13 +178,31 @@ class PosteriorTrainer:
             "mean_p": self.posterior.mean_p(),
             "p": {name: _p_summary(ps) for name, ps in self.posterior.probs().items()},
             "seconds": time.perf_counter() - t0,
+            "world_size": self.dist.world_size,
         }
+
+    def _any(self, flag: torch.Tensor) -> bool:
+        """A flag raised on any rank (a collective under torchrun, so every rank stops together)."""
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            f = flag.to(torch.int32)
+            tdist.all_reduce(f, op=tdist.ReduceOp.MAX)
+            return bool(f)
+        return bool(flag)
 
     def _nan(self, step: int) -> None:
         raise PgnasError(
             f"the loss became NaN/inf in epoch {self.epoch + 1} (step {step}); stopped, the last good "
             f"checkpoint (end of epoch {self.epoch}) is kept - try a lower --lr"
         )
+
+
+def _derive_seed(seed: int, epoch: int, rank: int) -> int:
+    import hashlib
+
+    digest = hashlib.sha256(f"pgnas-train:{seed}:{epoch}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _p_summary(ps: list[float]) -> float | dict[str, float]:

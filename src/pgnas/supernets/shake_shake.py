@@ -23,9 +23,9 @@ from pgnas.posterior.instrument import DROPOUT_NAME
 from pgnas.supernets.registry import SupernetSpec, register, register_pattern
 
 
-def _removed(conv: nn.Module) -> bool:
+def _alive(conv: nn.Module) -> Tensor | None:
     d = getattr(conv, DROPOUT_NAME, None)
-    return d is not None and d.all_dropped
+    return None if d is None else d.op_alive()
 
 
 class ShakeBranch(nn.Module):
@@ -36,9 +36,19 @@ class ShakeBranch(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
 
+    def alive(self) -> Tensor | None:
+        """In candidate mode, (K,) bool: is the branch still there in candidate j (both convs keep
+        an input channel)? ``None`` outside candidate mode."""
+        a, b = _alive(self.conv1), _alive(self.conv2)
+        if a is None or b is None:
+            return None
+        return a & b
+
     @property
     def removed(self) -> bool:
-        return _removed(self.conv1) or _removed(self.conv2)
+        """True in candidate mode when the branch is gone in every candidate."""
+        alive = self.alive()
+        return alive is not None and not bool(alive.any())
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.bn1(self.conv1(F.relu(x)))
@@ -82,12 +92,20 @@ class ShakeBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         skip = self.skip(x)
-        gone1, gone2 = self.branch1.removed, self.branch2.removed
-        if gone1 and gone2:
-            return skip
-        if gone1 or gone2:  # candidate mode only: the surviving branch at its eval weight 0.5
-            return skip + 0.5 * (self.branch2(x) if gone1 else self.branch1(x))
-        return skip + shake_shake_mix(self.branch1(x), self.branch2(x), self.training)
+        alive = [self.branch1.alive(), self.branch2.alive()]
+        if alive[0] is None or alive[1] is None:
+            return skip + shake_shake_mix(self.branch1(x), self.branch2(x), self.training)
+        # Candidate mode: each branch at its evaluation weight 0.5, a removed branch contributes
+        # nothing (with both gone the block is its skip connection); per tile for K candidates.
+        out = skip
+        for branch, a in zip((self.branch1, self.branch2), alive):
+            if not bool(a.any()):
+                continue
+            y = branch(x)
+            if not bool(a.all()):
+                y = y * a.to(y.dtype).repeat_interleave(y.shape[0] // a.numel()).view(-1, 1, 1, 1)
+            out = out + 0.5 * y
+        return out
 
 
 class ShakeShakeNet(nn.Module):
