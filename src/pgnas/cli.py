@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--force", action="store_true", help="replace an existing output folder")
     sm.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    rp = sub.add_parser("report", help="plots and a Markdown/HTML summary of finished runs")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results folders (e.g. a guided and a random run)")
+    rp.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run, ./report otherwise)")
+    rp.add_argument("--force", action="store_true", help="replace an existing report")
+
     n = sub.add_parser("supernets", help="list the built-in super-networks")
     n.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -138,6 +143,17 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pgnas.report import write_report
+
+    out = args.out or (str(Path(args.run_dirs[0]) / "report") if len(args.run_dirs) == 1 else "report")
+    res = write_report(args.run_dirs, out, force=args.force)
+    print(f"report: {Path(res['out']) / 'report.md'} and report.html, {len(res['figures'])} figures")
+    return 0
+
+
 def cmd_supernets(args: argparse.Namespace) -> int:
     from pgnas.posterior import count_parameters
     from pgnas.supernets import list_supernets
@@ -156,7 +172,7 @@ def cmd_supernets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "sample": cmd_sample, "supernets": cmd_supernets}
+COMMANDS = {"search": cmd_search, "sample": cmd_sample, "report": cmd_report, "supernets": cmd_supernets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,111 @@
+"""``pgnas report``: the pictures and one Markdown + HTML page for one or more finished runs."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Sequence
+
+from pgnas.errors import PgnasError
+from pgnas.report import plots
+from pgnas.report.runs import RunRecord, load_run
+
+
+def _fmt_params(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{int(n):,}"
+
+
+def _fmt_macs(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e9:.3f}G" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
+def _slim(run: RunRecord, key: str):
+    info = run.model_info or {}
+    for src in (info, info.get("numbers", {}) if isinstance(info.get("numbers"), dict) else {}, run.summary.get("export") or {}):
+        if isinstance(src, dict) and src.get(key) is not None:
+            return src[key]
+    return None
+
+
+def table_rows(runs: Sequence[RunRecord]) -> list[dict]:
+    rows = []
+    for r in runs:
+        s = r.summary
+        sel = s["selected"]
+        secs = s.get("seconds", {})
+        rows.append({
+            "run": r.path.name,
+            "super-network": s["supernet"],
+            "dataset": s.get("dataset", "-"),
+            "posterior": s["posterior"]["mode"],
+            "epochs": s.get("epochs", "-"),
+            "candidates": s["num_candidates"],
+            "selected": sel["index"],
+            "val acc": f"{100 * sel['val_acc']:.2f}%",
+            "test acc": f"{100 * sel['test_acc']:.2f}%",
+            "params (kept slices)": _fmt_params(sel["params"]),
+            "slim params": _fmt_params(_slim(r, "params")),
+            "slim MACs": _fmt_macs(_slim(r, "macs")),
+            "super-net params": _fmt_params(s["supernet_params"]),
+            "search time": f"{secs.get('train', 0) + secs.get('sample', 0):.0f}s",
+        })
+    return rows
+
+
+def _md_table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _html_table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, force: bool = False) -> dict:
+    """Write PNG figures and ``report.md`` / ``report.html`` for the runs into ``out``."""
+    if not run_dirs:
+        raise PgnasError("pgnas report needs at least one results folder")
+    runs = [load_run(p) for p in run_dirs]
+    for r in runs:
+        if not r.candidates:
+            raise PgnasError(f"{r.path} has no candidates.jsonl")
+    out = Path(out)
+    if (out / "report.md").exists() and not force:
+        raise PgnasError(f"{out} already holds a report; pass --force to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    figures: list[tuple[str, Path]] = []
+    figures.append(("Candidate validation accuracies", plots.candidate_histogram(runs, out / "candidates_hist.png")))
+    figures.append(("Training curves and best-so-far selection", plots.training_curves(runs, out / "training_curves.png")))
+    for i, r in enumerate(runs):
+        tag = f"_{i}" if len(runs) > 1 else ""
+        figures.append((f"Selected architecture: {r.label}", plots.architecture_diagram(r, out / f"architecture{tag}.png")))
+        figures.append((f"Learned p per layer: {r.label}", plots.p_per_layer(r, out / f"p_layers{tag}.png")))
+        pe = plots.p_over_epochs(r, out / f"p_epochs{tag}.png")
+        if pe is not None:
+            figures.append((f"p over training: {r.label}", pe))
+    rows = table_rows(runs)
+    stats = []
+    for r in runs:
+        c = r.summary["candidate_val_acc"]
+        stats.append(f"- **{r.label}**: {len(r.candidates)} candidates, validation accuracy mean "
+                     f"{100 * c['mean']:.2f}%, std {100 * c['std']:.2f} pts, best {100 * c['max']:.2f}%; "
+                     f"mean p {r.summary['posterior']['mean_p']:.3f}")
+    md = ["# pgnas report", "", _md_table(rows), "", *stats, ""]
+    for title, path in figures:
+        md += [f"## {title}", "", f"![{title}]({path.name})", ""]
+    (out / "report.md").write_text("\n".join(md))
+    body = [f"<h1>pgnas report</h1>", _html_table(rows), "<ul>" + "".join(f"<li>{html.escape(s[2:]).replace('**', '')}</li>" for s in stats) + "</ul>"]
+    for title, path in figures:
+        body.append(f"<h2>{html.escape(title)}</h2><img src='{html.escape(path.name)}' style='max-width:100%'>")
+    style = "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+    (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>pgnas report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    return {"out": str(out), "figures": [str(p) for _, p in figures], "rows": rows}
