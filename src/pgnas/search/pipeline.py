@@ -25,7 +25,7 @@ from pgnas.search.train import PosteriorTrainer
 from pgnas.supernets import get_supernet
 
 # Files a search owns in its results folder (--force removes these and nothing else).
-RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json")
+RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json", "model.pt", "model.json")
 # Settings that may change when a run is resumed; every other one must match the saved run.
 RESUME_MUTABLE = frozenset({"candidates", "top_k", "eval_batch_size", "device", "out"})
 
@@ -280,6 +280,9 @@ def search(
         "torch": torch.__version__,
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    from pgnas.export.from_run import export_run  # the one later stage a search calls (writes model.pt + model.json)
+
+    export_run(run_dir, "best", model=model, posterior=posterior, config=cfg, data=data, force=True, on_error="warn")
     return SearchResult(run_dir, summary, model, posterior, best_masks, records)
 
 
