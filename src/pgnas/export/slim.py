@@ -197,7 +197,7 @@ def _is_spatial_index(idx: Any, ndim: int) -> bool:
         return len(rest) <= ndim - 2 and all(isinstance(i, slice) for i in rest)
     if len(idx) < 2 or idx[0] != full or idx[1] != full:
         return False
-    return all(isinstance(i, slice) or i is Ellipsis for i in idx[2:])
+    return all(isinstance(i, slice) or i is Ellipsis or i is None for i in idx[2:])  # None: a new spatial dim
 
 
 class _Slimmer:
@@ -285,7 +285,7 @@ class _Slimmer:
                 return self._flatten_check(n)
             if t is operator.getitem:
                 if _is_spatial_index(n.args[1], len(self.shapes[n.args[0]])):
-                    return "chanwise"
+                    return self._chanwise_check(n)
                 raise _fail(n, f"indexing {n.args[1]!r} touches the batch or channel dimension")
             if t is torch.mean:
                 return self._mean_check(n)
@@ -308,7 +308,8 @@ class _Slimmer:
         if not self.tensor(x) or any(self.tensor(a) for a in n.all_input_nodes if a is not x):
             raise _fail(n, "a channel-wise operation must read exactly one tensor")
         sx, sn = self.shapes[x], self.shapes[n]
-        if len(sx) < 2 or len(sn) != len(sx) or sx[:2] != sn[:2]:
+        same_ndim = len(sn) == len(sx) or n.target is operator.getitem  # x[:, :, None] adds dims
+        if len(sx) < 2 or not same_ndim or len(sn) < 2 or sx[:2] != sn[:2]:
             raise _fail(n, f"operation changes the batch or channel dimension ({sx} -> {sn})")
         return "chanwise"
 
@@ -569,9 +570,11 @@ class _Slimmer:
         return self.g.get_attr(name)
 
     def _ref_for(self, u: fx.Node) -> fx.Node:
-        """A slim tensor with the shape of ``u`` except in the channel dimension."""
+        """A slim tensor with the shape of ``u`` except in the channel dimension (for a 2-d ``u``,
+        any slim tensor of the same batch, flattened)."""
         want = self.shapes[u]
         seen, todo = set(), [u]
+        flat_ok = None
         while todo:
             w = todo.pop(0)
             if w in seen:
@@ -581,7 +584,11 @@ class _Slimmer:
                 s = self.shapes[w]
                 if len(s) == len(want) and s[0] == want[0] and s[2:] == want[2:]:
                     return self.env[w]
+                if flat_ok is None and len(want) == 2 and len(s) > 2 and s[0] == want[0]:
+                    flat_ok = w
             todo.extend(a for a in w.all_input_nodes if a in self.shapes)
+        if flat_ok is not None:
+            return self.g.call_function(torch.flatten, (self.env[flat_ok], 1))
         raise _fail(u, "its output is a constant map and no computed tensor of the same shape is left to size it")
 
     def _const_map(self, u: fx.Node, values: Tensor) -> fx.Node:
