@@ -140,7 +140,7 @@ def test_cli_predict_top5(run, tmp_path, capsys):
     paths = []
     for i in range(3):
         p = tmp_path / f"digit{i}.png"
-        Image.fromarray(data.test_x[i, 0].numpy(), mode="L").save(p)
+        Image.fromarray(data.test_x[i, 0].numpy()).save(p)
         paths.append(str(p))
     assert main(["predict", str(run / "model.pt"), *paths]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

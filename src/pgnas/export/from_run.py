@@ -193,11 +193,12 @@ def export_run(
             desc_path = description_path(out_path)
         masks = posterior.sample_candidate(index, config.seed)
         result, _ = export_candidate(model, masks, meta, out_path, fmt=fmt, description_out=desc_path, force=force)
-    except PgnasError as exc:
-        if on_error == "warn":
-            print(f"pgnas: warning: the selected model was not exported: {exc}", file=sys.stderr)
-            return None
-        raise
+    except Exception as exc:  # noqa: BLE001  (a finished search must not be lost to an export problem)
+        if on_error != "warn":
+            raise
+        what = str(exc) if isinstance(exc, PgnasError) else f"{type(exc).__name__}: {exc} (a pgnas bug, please report it)"
+        print(f"pgnas: warning: the selected model was not exported: {' '.join(what.split())}", file=sys.stderr)
+        return None
     return {
         "model": str(out_path),
         "description": str(desc_path),
