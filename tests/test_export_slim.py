@@ -268,6 +268,53 @@ def test_unsupported_op_names_the_layer():
         slim_model(model, post.sample_candidate(0), (3, 8, 8))
 
 
+class InplaceNet(nn.Module):
+    """torchvision-style in-place ReLUs and an in-place residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(x))
+        out += x
+        out = F.relu(out, inplace=True)
+        return self.fc(out.mean((2, 3)))
+
+
+def test_inplace_operations():
+    torch.manual_seed(0)
+    model = InplaceNet()
+    _randomise_bn(model)
+    post = pgnas.instrument(model)
+    for seed in range(3):
+        _check_equal(model, post, _random_masks(post, 0.5, seed), (3, 8, 8))
+
+
+def test_inplace_change_read_later_is_refused():
+    class Alias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.conv(x)
+            y = x.relu_()  # x itself changes, and x is read again below
+            return self.fc(torch.cat([x, y], 1).mean((2, 3)))
+
+    model = Alias()
+    post = pgnas.instrument(model)
+    with pytest.raises(PgnasError, match="in-place"):
+        slim_model(model, post.sample_candidate(0), (3, 4, 4))
+
+
 def _small_listed():
     out = []
     for spec in list_supernets():

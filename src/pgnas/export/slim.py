@@ -154,6 +154,42 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+_OUT_OF_PLACE = {operator.iadd: operator.add, operator.imul: operator.mul, F.relu_: F.relu, torch.relu_: torch.relu}
+
+
+def _make_out_of_place(gm: fx.GraphModule) -> None:
+    """Rewrite in-place operations (ReLU(inplace=True), x.relu_(), ...) out of place, so slimmed
+    tensors never alias. Refused where the tensor changed in place is read again afterwards (the
+    original network's readers would see the change; the slim one's might not)."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    modules = dict(gm.named_modules())
+    changed = False
+    for n in gm.graph.nodes:
+        inplace = False
+        if n.op == "call_module" and getattr(modules[n.target], "inplace", False):
+            inplace = True
+        elif n.op == "call_function" and (n.kwargs.get("inplace") is True or n.target in _OUT_OF_PLACE):
+            inplace = True
+        elif n.op == "call_method" and n.target.endswith("_") and not n.target.startswith("_"):
+            inplace = True
+        if not inplace or not n.args or not isinstance(n.args[0], fx.Node):
+            continue
+        x = n.args[0]
+        if any(order[u] > order[n] for u in x.users if u is not n):
+            raise _fail(n, "an in-place operation changes a tensor that is read again afterwards")
+        if n.op == "call_module":
+            modules[n.target].inplace = False
+        elif n.op == "call_function":
+            if n.kwargs.get("inplace") is True:
+                n.kwargs = {**n.kwargs, "inplace": False}
+            n.target = _OUT_OF_PLACE.get(n.target, n.target)
+        else:
+            n.target = n.target[:-1]
+        changed = True
+    if changed:
+        gm.recompile()
+
+
 class _Recorder(fx.Interpreter):
     """Runs the traced graph once, keeping each node's output shape (tensors) or value (others)."""
 
@@ -215,6 +251,7 @@ class _Slimmer:
         _strip_hooks(work)
         self.work = work
         self.gm = _trace(work)
+        _make_out_of_place(self.gm)
         self.modules = dict(self.gm.named_modules())
         rec = _Recorder(self.gm)
         with torch.no_grad():
