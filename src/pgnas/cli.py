@@ -92,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("supernets", help="list the built-in super-networks")
     n.add_argument("--json", action="store_true", help="machine-readable output")
+
+    e = sub.add_parser("export", help="write a candidate of a run as a slim, standalone model")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="results folder of a search")
+    e.add_argument("--candidate", default="best", help="'best' (the selected candidate) or a candidate index")
+    e.add_argument("--format", dest="fmt", choices=("pt", "torchscript", "onnx"), default="pt", help="model file format (default: pt)")
+    e.add_argument("--out", help="model file (default: RUN_DIR/model.pt, or model-candidateN.pt); the JSON description goes beside it")
+    e.add_argument("--force", action="store_true", help="overwrite existing output files")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("predict", help="top-5 classes of image files with an exported model")
+    p.add_argument("model_file", metavar="MODEL_FILE")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--top", type=int, default=5, help="classes to show per image (default: 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    v = sub.add_parser("evaluate", help="test accuracy of an exported model")
+    v.add_argument("model_file", metavar="MODEL_FILE")
+    v.add_argument("--dataset", required=True, help="data set name (digits, ...)")
+    v.add_argument("--data-dir", help="folder holding the data set's files")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -172,7 +192,54 @@ def cmd_supernets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "sample": cmd_sample, "report": cmd_report, "supernets": cmd_supernets}
+def cmd_export(args: argparse.Namespace) -> int:
+    from pgnas.export import export_run
+
+    info = export_run(args.run_dir, args.candidate, fmt=args.fmt, out=args.out, force=args.force)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"candidate {info['candidate']}: {info['model']} (+ {info['description']})")
+        print(f"  params {info['params']:,} (super-network {info['supernet_params']:,}, {info['params'] / info['supernet_params']:.1%}; kept kernel slices {info['candidate_params_kept_slices']:,})")
+        print(f"  MACs   {info['macs']:,} (super-network {info['supernet_macs']:,}, {info['macs'] / info['supernet_macs']:.1%})")
+        print(f"  removed operations: {info['removed_operations']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pgnas.export import predict
+
+    if args.top < 1:
+        raise PgnasError("--top must be at least 1")
+    results = predict(args.model_file, args.images, top=args.top)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pgnas.export import evaluate
+
+    result = evaluate(args.model_file, args.dataset, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.dataset} test accuracy: {result['accuracy']:.4f} ({result['correct']}/{result['images']})")
+    return 0
+
+
+COMMANDS = {
+    "search": cmd_search,
+    "sample": cmd_sample,
+    "export": cmd_export,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "supernets": cmd_supernets,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

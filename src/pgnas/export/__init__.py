@@ -1,1 +1,24 @@
-"""Stage 4 of the pipeline: export a selected candidate as a slim, standard PyTorch model."""
+"""Stage 4 of the pipeline: export a selected candidate as a slim, standard PyTorch model.
+
+``slim.py`` builds the slim network, ``formats.py`` writes and reads model files (pt,
+torchscript, onnx), ``from_run.py`` exports a candidate of a results folder, ``predict.py``
+uses an exported model.
+"""
+
+from pgnas.export.formats import FORMATS, ExportedModel, load_model
+from pgnas.export.from_run import export_candidate, export_run, rebuild_supernet
+from pgnas.export.predict import evaluate, predict
+from pgnas.export.slim import SlimResult, slim_model
+
+__all__ = [
+    "FORMATS",
+    "ExportedModel",
+    "SlimResult",
+    "evaluate",
+    "export_candidate",
+    "export_run",
+    "load_model",
+    "predict",
+    "rebuild_supernet",
+    "slim_model",
+]

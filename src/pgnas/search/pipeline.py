@@ -29,7 +29,7 @@ from pgnas.search.train import PosteriorTrainer
 from pgnas.supernets import get_supernet
 
 # Files a search owns in its results folder (--force removes these and nothing else).
-RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json")
+RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json", "model.pt", "model.json")
 # Settings that may change when a run is resumed; every other one must match the saved run.
 RESUME_MUTABLE = frozenset(
     {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "out"}
@@ -378,6 +378,13 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
     }
     if main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        # the one later stage a search calls: the selected network as a slim model (model.pt + model.json)
+        from pgnas.export.from_run import export_run
+
+        info = export_run(run_dir, "best", model=model, posterior=posterior, config=cfg, data=data, force=True, on_error="warn")
+        if info is not None:
+            summary["export"] = {k: info[k] for k in ("model", "params", "macs", "supernet_macs", "removed_operations")}
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     barrier(run.dist)
     return SearchResult(run_dir, summary, model, posterior, best_masks, records)
 

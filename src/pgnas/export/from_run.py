@@ -1,0 +1,212 @@
+"""Export a candidate of a search run (``pgnas export``): rebuild the trained super-network from
+the results folder, slim the candidate, and write the model file plus its JSON description."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from pgnas.config import SearchConfig
+from pgnas.errors import PgnasError
+from pgnas.export.formats import FORMATS, SUFFIX, model_bytes
+from pgnas.export.slim import SlimResult, slim_model
+from pgnas.posterior import Posterior, instrument
+from pgnas.search.checkpoint import atomic_write_bytes, load_checkpoint
+from pgnas.search.select import read_candidates
+from pgnas.supernets import get_supernet
+
+DESCRIPTION_FORMAT = "pgnas-slim-description"
+
+
+def default_paths(run_dir: Path, candidate: str | int, fmt: str, selected: bool) -> tuple[Path, Path]:
+    stem = "model" if selected else f"model-candidate{int(candidate)}"
+    return run_dir / f"{stem}{SUFFIX[fmt]}", run_dir / f"{stem}.json"
+
+
+def description_path(model_path: Path) -> Path:
+    name = model_path.name
+    for suffix in sorted(SUFFIX.values(), key=len, reverse=True):
+        if name.endswith(suffix):
+            return model_path.with_name(name[: -len(suffix)] + ".json")
+    return model_path.with_name(name + ".json")
+
+
+def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig) -> tuple[int, bool]:
+    summary_path = run_dir / "summary.json"
+    best = None
+    if summary_path.is_file():
+        try:
+            best = int(json.loads(summary_path.read_text())["selected"]["index"])
+        except (ValueError, KeyError, TypeError):
+            raise PgnasError(f"{summary_path} is corrupt (no selected candidate)") from None
+    if candidate in (None, "best"):
+        if best is None:
+            raise PgnasError(f"{run_dir} has no summary.json (the search did not finish); pass --candidate INDEX")
+        return best, True
+    try:
+        index = int(candidate)
+    except (TypeError, ValueError):
+        raise PgnasError(f"--candidate must be 'best' or a candidate index, got {candidate!r}") from None
+    scored = read_candidates(run_dir / "candidates.jsonl") if (run_dir / "candidates.jsonl").is_file() else {}
+    known = sorted(scored) if scored else list(range(cfg.candidates))
+    if index not in known:
+        span = f"0..{max(known)}" if known else "none"
+        raise PgnasError(f"unknown candidate index {index}; this run has candidates {span}")
+    return index, index == best
+
+
+def rebuild_supernet(run_dir: Path, data=None) -> tuple[SearchConfig, nn.Module, Posterior, dict[str, Any]]:
+    """The trained, instrumented super-network of a results folder (on the CPU), with the
+    metadata of its data set (class names, normalisation, input shape)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PgnasError(f"no results folder at {run_dir}")
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    if (run_dir / "config.toml").is_file():
+        cfg = SearchConfig.from_toml(run_dir / "config.toml")
+    else:
+        cfg = SearchConfig.from_dict(dict(state.get("config") or {}))
+    meta = data_meta(cfg, data)
+    spec = get_supernet(cfg.supernet)
+    model = spec.build(num_classes=len(meta["classes"]), in_channels=meta["input_shape"][0])
+    posterior = instrument(
+        model,
+        groups=spec.groups(model) if spec.groups else None,
+        exclude=spec.exclude(model) if spec.exclude else (),
+        init_p=cfg.init_p, tau=cfg.tau, fixed_p=cfg.fixed_p,
+    )
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise PgnasError(f"checkpoint weights do not fit super-network {cfg.supernet!r} ({str(exc).splitlines()[0]})") from None
+    return cfg, model.eval(), posterior, meta
+
+
+def data_meta(cfg: SearchConfig, data=None) -> dict[str, Any]:
+    """Class names, normalisation and input shape of the run's data set."""
+    if data is None:
+        from pgnas.data import load_dataset
+
+        data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed)
+    return {
+        "dataset": cfg.dataset,
+        "classes": list(data.classes),
+        "mean": [float(v) for v in data.mean],
+        "std": [float(v) for v in data.std],
+        "input_shape": [data.in_channels, *data.image_size],
+    }
+
+
+def _check_writable(paths: list[Path], force: bool) -> None:
+    for p in paths:
+        if p.exists() and not force:
+            raise PgnasError(f"{p} already exists; pass --force to overwrite it")
+        if p.exists() and p.is_dir():
+            raise PgnasError(f"{p} is a folder")
+        parent = p.parent
+        if not parent.is_dir():
+            raise PgnasError(f"cannot write {p}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise PgnasError(f"cannot write {p}: folder {parent} is not writable")
+
+
+def export_candidate(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    meta: dict[str, Any],
+    out: Path,
+    *,
+    fmt: str = "pt",
+    description_out: Path | None = None,
+    force: bool = False,
+) -> tuple[SlimResult, dict[str, Any]]:
+    """Slim ``masks`` of ``model`` and write the model file ``out`` plus its JSON description."""
+    if fmt not in FORMATS:
+        raise PgnasError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    desc_out = Path(description_out) if description_out else description_path(out)
+    _check_writable([out, desc_out], force)
+    result = slim_model(model, masks, tuple(meta["input_shape"]))
+    description = {
+        "format": DESCRIPTION_FORMAT,
+        "version": 1,
+        **meta,
+        "model_file": out.name,
+        "model_format": fmt,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": torch.__version__,
+        **result.describe(),
+    }
+    example = torch.randn((2, *meta["input_shape"]), generator=torch.Generator().manual_seed(0))
+    content = model_bytes(result.model, fmt, {k: v for k, v in description.items() if k != "layers"}, example)
+    if fmt == "pt":
+        from pgnas.export.formats import graph_spec
+
+        description["graph"] = graph_spec(result.model)
+    try:
+        atomic_write_bytes(out, lambda f: f.write(content))
+        atomic_write_bytes(desc_out, lambda f: f.write((json.dumps(description, indent=1) + "\n").encode()))
+    except OSError as exc:
+        raise PgnasError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return result, description
+
+
+def export_run(
+    run_dir: str | Path,
+    candidate: str | int = "best",
+    *,
+    fmt: str = "pt",
+    out: str | Path | None = None,
+    force: bool = False,
+    model: nn.Module | None = None,
+    posterior: Posterior | None = None,
+    config: SearchConfig | None = None,
+    data=None,
+    on_error: str = "raise",
+) -> dict[str, Any] | None:
+    """Export a candidate of the run in ``run_dir`` (``best``: the selected one).
+
+    The search passes its in-memory ``model``/``posterior``/``config``/``data`` to skip reloading;
+    with ``on_error="warn"`` a model that cannot be slimmed is reported on stderr, not raised.
+    Returns the paths written and the slim model's numbers.
+    """
+    try:
+        run_dir = Path(run_dir)
+        if model is None or config is None:
+            config, model, posterior, dmeta = rebuild_supernet(run_dir, data)
+        else:
+            dmeta = data_meta(config, data)
+        posterior = posterior or Posterior(model)
+        index, selected = _resolve_candidate(run_dir, candidate, config)
+        meta = {"supernet": config.supernet, "run": str(run_dir), "candidate": index, "selected": selected, **dmeta}
+        if out is None:
+            out_path, desc_path = default_paths(run_dir, index, fmt, selected)
+        else:
+            out_path = Path(out)
+            desc_path = description_path(out_path)
+        masks = posterior.sample_candidate(index, config.seed)
+        result, _ = export_candidate(model, masks, meta, out_path, fmt=fmt, description_out=desc_path, force=force)
+    except Exception as exc:  # noqa: BLE001  (a finished search must not be lost to an export problem)
+        if on_error != "warn":
+            raise
+        what = str(exc) if isinstance(exc, PgnasError) else f"{type(exc).__name__}: {exc} (a pgnas bug, please report it)"
+        print(f"pgnas: warning: the selected model was not exported: {' '.join(what.split())}", file=sys.stderr)
+        return None
+    return {
+        "model": str(out_path),
+        "description": str(desc_path),
+        "candidate": index,
+        "params": result.params,
+        "macs": result.macs,
+        "supernet_params": result.supernet_params,
+        "supernet_macs": result.supernet_macs,
+        "candidate_params_kept_slices": result.candidate_params,
+        "removed_operations": len(result.removed_ops),
+    }

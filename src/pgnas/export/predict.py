@@ -1,0 +1,72 @@
+"""Using an exported model: top-k classes for image files (``pgnas predict``) and test accuracy
+on a data set (``pgnas evaluate``). Works on every export format through :func:`load_model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from pgnas.errors import PgnasError
+from pgnas.export.formats import ExportedModel, load_model
+
+
+def load_image(path: str | Path, input_shape: Sequence[int]) -> Tensor:
+    """An image file as a uint8 tensor (C, H, W) of the model's channels and size (Pillow)."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = (int(v) for v in input_shape)
+    path = Path(path)
+    if not path.is_file():
+        raise PgnasError(f"no image file at {path}")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB")
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PgnasError(f"cannot read image {path} ({type(exc).__name__})") from None
+    if c not in (1, 3):
+        raise PgnasError(f"the model reads {c}-channel inputs; image files give 1 or 3")
+    return data.view(h, w, c).permute(2, 0, 1).contiguous()
+
+
+def predict(model: ExportedModel | str | Path, images: Sequence[str | Path], top: int = 5) -> list[dict]:
+    """Top-``top`` classes with probabilities for each image file."""
+    if not isinstance(model, ExportedModel):
+        model = load_model(model)
+    if not images:
+        raise PgnasError("no image files given")
+    batch = torch.stack([load_image(p, model.input_shape) for p in images])
+    probs = torch.softmax(model(model.normalise(batch)).float(), dim=1)
+    k = min(top, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    classes = model.classes
+    return [
+        {"image": str(path), "top": [{"class": classes[i], "index": int(i), "prob": float(v)} for v, i in zip(vs.tolist(), ix.tolist())]}
+        for path, vs, ix in zip(images, values, indices)
+    ]
+
+
+def evaluate(model: ExportedModel | str | Path, dataset: str, *, data_dir: str | None = None, batch_size: int = 500) -> dict:
+    """Accuracy of an exported model on the test split of ``dataset`` (normalised with the model's
+    own stored mean/std, as it was trained)."""
+    from pgnas.data import load_dataset
+
+    if not isinstance(model, ExportedModel):
+        model = load_model(model)
+    data = load_dataset(dataset, data_dir=data_dir)
+    x_all, y_all = data.test_x, data.test_y
+    if tuple(x_all.shape[1:]) != model.input_shape:
+        raise PgnasError(f"data set {dataset!r} has images of shape {tuple(x_all.shape[1:])}, the model reads {model.input_shape}")
+    if data.num_classes != len(model.classes):
+        raise PgnasError(f"data set {dataset!r} has {data.num_classes} classes, the model {len(model.classes)}")
+    correct = 0
+    for s in range(0, len(y_all), batch_size):
+        logits = model(model.normalise(x_all[s : s + batch_size]))
+        correct += int((logits.argmax(1) == y_all[s : s + batch_size]).sum())
+    n = len(y_all)
+    return {"dataset": dataset, "split": "test", "images": n, "correct": correct, "accuracy": correct / n}
