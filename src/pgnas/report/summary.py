@@ -40,6 +40,12 @@ def format_summary(summary: dict[str, Any], run_dir: str | None = None) -> str:
         f"{_params(sel['params'])} params, {sel.get('removed_ops', 0)} operations removed)",
         f"time: training {summary['seconds']['train']:.1f}s, sampling {summary['seconds']['sample']:.1f}s on {summary['device']}",
     ]
+    exp = summary.get("export")
+    if exp:
+        lines.append(
+            f"exported: {exp['model']} - slim network {_params(exp['params'])} params, "
+            f"{exp['macs'] / 1e6:.2f}M MACs ({100 * exp['macs'] / max(1, exp['supernet_macs']):.1f}% of the super-network's)"
+        )
     if run_dir:
         lines.append(f"results: {run_dir}")
     return "\n".join(lines)
