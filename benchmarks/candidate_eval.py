@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--tile", type=int, default=8)
     ap.add_argument("--eta", type=int, default=3)
-    ap.add_argument("--rungs", type=int, default=3)
+    ap.add_argument("--rungs", type=int, default=4)
+    ap.add_argument("--keep-min", type=int, default=5, help="finalists at least (pgnas search uses top_k, 5)")
     ap.add_argument("--out", default=str(HERE / "results" / "candidate_eval.json"))
     args = ap.parse_args()
 
@@ -64,7 +65,7 @@ def main() -> None:
         tiled = fast.exhaustive(range(args.candidates))
         t_tile = time.perf_counter() - t0
         t0 = time.perf_counter()
-        raced = fast.race(range(args.candidates), eta=args.eta, rungs=args.rungs, keep_min=1)
+        raced = fast.race(range(args.candidates), eta=args.eta, rungs=args.rungs, keep_min=args.keep_min)
         t_fast = time.perf_counter() - t0
         assert [r["val_acc"] for r in tiled] == [r["val_acc"] for r in exhaustive], "tiling must be exact"
         full = {r["index"]: r["val_acc"] for r in exhaustive}
@@ -97,7 +98,7 @@ def main() -> None:
         "candidates_per_second_one_by_one": args.seeds * args.candidates / t_slow_total,
         "candidates_per_second_fast": args.seeds * args.candidates / t_fast_total,
         "config": {"run": str(run_dir), "supernet": cfg.supernet, "dataset": cfg.dataset, "val_examples": n_val,
-                   "candidates": args.candidates, "seeds": args.seeds, "tile": args.tile, "eta": args.eta, "rungs": args.rungs,
+                   "candidates": args.candidates, "seeds": args.seeds, "tile": args.tile, "eta": args.eta, "rungs": args.rungs, "keep_min": args.keep_min,
                    "eval_batch_size": cfg.eval_batch_size},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
                     "device": str(dev), "torch": torch.__version__},

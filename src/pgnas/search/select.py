@@ -58,7 +58,8 @@ def correct_counts(
     tile: int,
     batch_size: int,
 ) -> list[int]:
-    """Number of correct predictions of each candidate on (x, y), ``tile`` candidates per pass."""
+    """Number of correct predictions of each candidate on (x, y), ``tile`` candidates per pass
+    (each pass holds about ``batch_size`` rows: ``batch_size // tile`` examples per candidate)."""
     model.eval()
     out: list[int] = []
     n = len(y)
