@@ -43,6 +43,7 @@ class SearchConfig:
     # data
     val_size: float | None = None  # fraction (<1) or count (>=1) of train held out; None: data set default
     split_seed: int = 0
+    train_subset: int | None = None  # train on a stratified subset of this many images (quick studies)
     crop_pad: int | None = None
     flip: bool | None = None
     cutout: int | None = None
@@ -86,6 +87,7 @@ class SearchConfig:
         need(_finite(self.lambda_p) and self.lambda_p >= 0, f"lambda_p must be >= 0, got {self.lambda_p!r}")
         need(self.n_data is None or (_finite(self.n_data) and self.n_data > 0), f"n_data must be > 0, got {self.n_data!r}")
         need(self.val_size is None or (_finite(self.val_size) and self.val_size > 0), f"val_size must be > 0, got {self.val_size!r}")
+        need(self.train_subset is None or (isinstance(self.train_subset, int) and self.train_subset >= 1), f"train_subset must be >= 1, got {self.train_subset!r}")
         for name in ("crop_pad", "cutout"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v >= 0), f"{name} must be >= 0, got {v!r}")

@@ -166,9 +166,8 @@ def relaxed_keep(drop_logit: Tensor, u: Tensor, tau: float) -> Tensor:
     """Concrete relaxation of a Bernoulli keep variable: ``1 - sigmoid((logit p + L) / tau)``
     with L = log u - log(1 - u) standard logistic noise. As tau -> 0 this is the hard mask
     ``1[u < 1 - p]``, i.e. keep with probability 1 - p."""
-    u = u.clamp(EPS, 1 - EPS)
-    noise = torch.log(u) - torch.log1p(-u)
-    return 1.0 - torch.sigmoid((drop_logit + noise) / tau)
+    # 1 - sigmoid(z) = sigmoid(-z), and log u - log(1 - u) = logit(u): five kernels, not nine
+    return torch.sigmoid((drop_logit + torch.logit(u, eps=EPS)) * (-1.0 / tau))
 
 
 def per_input_channel_sq_norm(layer: nn.Module) -> Tensor:

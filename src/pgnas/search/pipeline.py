@@ -133,6 +133,8 @@ def build_run(cfg: SearchConfig) -> Run:
     if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download)
+    if cfg.train_subset:
+        data = _train_subset(data, cfg.train_subset, cfg.split_seed)
     augment = dataclasses.replace(
         data.augment,
         **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout") if getattr(cfg, k) is not None},
@@ -156,6 +158,19 @@ def build_run(cfg: SearchConfig) -> Run:
         model.to(memory_format=torch.channels_last)
         data.to(device)
     return Run(cfg, spec, data, model, posterior, augment, device, d)
+
+
+def _train_subset(data, size: int, seed: int):
+    """The same splits with training data cut to a stratified subset of ``size`` images."""
+    from pgnas.data.splits import stratified_split
+
+    if not hasattr(data, "train_x"):
+        raise PgnasError(f"train_subset works with data sets held as tensors, not {data.name}")
+    n = len(data.train_y)
+    if size >= n:
+        return data
+    _, idx = stratified_split(data.train_y, size, seed)
+    return dataclasses.replace(data, train_x=data.train_x[idx], train_y=data.train_y[idx], _eval_cache={})
 
 
 def search(
