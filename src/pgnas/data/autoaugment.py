@@ -72,14 +72,15 @@ MAGNITUDES = {
 
 # ---------------------------------------------------------------------------- pixel operations
 def _to_u8(x: Tensor) -> Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+    """Clip to 0..255 and truncate, as Pillow's blend does."""
+    return x.clamp_(0, 255).floor_().to(torch.uint8)
 
 
 def _gray(xf: Tensor) -> Tensor:
-    """Pillow's L conversion (ITU-R 601-2 luma), (B, 1, H, W) float."""
+    """Pillow's L conversion (ITU-R 601-2 luma, rounded), (B, 1, H, W) float."""
     if xf.shape[1] == 1:
         return xf
-    return (xf[:, 0:1] * 299 + xf[:, 1:2] * 587 + xf[:, 2:3] * 114).div_(1000)
+    return (xf[:, 0:1] * 19595 + xf[:, 1:2] * 38470 + xf[:, 2:3] * 7471 + 0x8000).div_(65536).floor_()
 
 
 def _blend(img: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
@@ -157,7 +158,7 @@ def sharpness(x: Tensor, factor: Tensor) -> Tensor:
     k = torch.ones(3, 3, device=x.device)
     k[1, 1] = 5
     k = (k / 13).expand(c, 1, 3, 3)
-    smooth = F.conv2d(xf, k, groups=c).round_()
+    smooth = F.conv2d(xf, k, groups=c).add_(0.5).floor_()
     degenerate = xf.clone()
     degenerate[:, :, 1:-1, 1:-1] = smooth
     return _blend(x, degenerate, factor)

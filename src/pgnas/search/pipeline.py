@@ -27,7 +27,7 @@ from pgnas.supernets import get_supernet
 # Files a search owns in its results folder (--force removes these and nothing else).
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json")
 # Settings that may change when a run is resumed; every other one must match the saved run.
-RESUME_MUTABLE = frozenset({"candidates", "top_k", "eval_batch_size", "device", "out"})
+RESUME_MUTABLE = frozenset({"candidates", "top_k", "eval_batch_size", "device", "out", "data_cache"})
 
 
 @dataclass
@@ -135,10 +135,13 @@ def search(
         saved = SearchConfig.from_toml(run_dir / "config.toml")
 
     # ---- data (all input errors surface before anything is written)
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download)
+    data = load_dataset(
+        cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download,
+        data_cache=cfg.data_cache, skip_bad=cfg.skip_bad, image_size=cfg.image_size,
+    )
     augment = dataclasses.replace(
         data.augment,
-        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout") if getattr(cfg, k) is not None},
+        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout", "autoaugment") if getattr(cfg, k) is not None},
     )
     cfg = cfg.replace(
         out=str(run_dir),
