@@ -111,11 +111,11 @@ def autocontrast(x: Tensor) -> Tensor:
     """Stretch every channel of every image to 0..255 (a channel of one value is kept)."""
     b, c = x.shape[:2]
     flat = x.reshape(b, c, -1)
-    lo = flat.amin(2, keepdim=True).float()
-    hi = flat.amax(2, keepdim=True).float()
-    scale = torch.where(hi > lo, 255.0 / (hi - lo).clamp_min(1), torch.ones_like(hi))
+    lo = flat.amin(2, keepdim=True).double()  # double, as Pillow computes its table
+    hi = flat.amax(2, keepdim=True).double()
+    scale = torch.where(hi > lo, torch.full_like(hi, 255.0).div((hi - lo).clamp_min(1)), torch.ones_like(hi))  # IEEE division, as Pillow
     offset = torch.where(hi > lo, -lo * scale, torch.zeros_like(lo))
-    out = (flat.float() * scale + offset).clamp_(0, 255).floor_().to(torch.uint8)
+    out = (flat.double() * scale + offset).clamp_(0, 255).floor_().to(torch.uint8)
     return out.reshape(x.shape)
 
 
@@ -210,7 +210,7 @@ def translate_y(x: Tensor, pixels: Tensor) -> Tensor:
 def rotate(x: Tensor, degrees: Tensor) -> Tensor:
     """Counter-clockwise rotation about the image centre (Pillow's ``Image.rotate``)."""
     h, w = x.shape[2:]
-    a = degrees.double() * (math.pi / 180)
+    a = -degrees.double() * (math.pi / 180)  # Pillow: the reverse matrix of the rotation
     cos, sin = a.cos(), a.sin()
     cx, cy = w / 2, h / 2
     return affine(x, _matrix(x.shape[0], a=cos, bb=sin, c=cx - cos * cx - sin * cy, d=-sin, e=cos, f=cy + sin * cx - cos * cy))
