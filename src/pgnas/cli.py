@@ -112,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dataset", required=True, help="data set name (digits, ...)")
     v.add_argument("--data-dir", help="folder holding the data set's files")
     v.add_argument("--json", action="store_true", help="machine-readable output")
+
+    d = sub.add_parser("data", help="load a data set (decoding and caching it) and say what it holds")
+    d.add_argument("name", metavar="NAME", help="digits, cifar10, cifar100, imagefolder or imagenet")
+    d.add_argument("--data-dir", help="folder (or .tar.gz for imagefolder) holding the data set's files")
+    d.add_argument("--data-cache", help="decoded-data cache folder (default: $PGNAS_CACHE or ~/.cache/pgnas)")
+    d.add_argument("--download", action="store_true", help="download a missing cifar10/cifar100 archive (md5-checked)")
+    d.add_argument("--val-size", type=float, help="held-out validation split: a fraction (<1) or a count")
+    d.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    d.add_argument("--image-size", type=int, help="resize ImageFolder images to this side (imagenet: crop size)")
+    d.add_argument("--skip-bad", action="store_true", help="skip and count unreadable or odd-sized images")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -231,6 +242,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    import warnings
+
+    from pgnas.data import describe_dataset
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = describe_dataset(
+            args.name, data_dir=args.data_dir, data_cache=args.data_cache, download=args.download, val_size=args.val_size,
+            split_seed=args.split_seed, image_size=args.image_size, skip_bad=args.skip_bad,
+        )
+    for w in caught:
+        print(f"pgnas data: warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    classes = info["classes"]
+    shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
+    h, w = info["image_size"]
+    cache = info["cache"] or "none (streamed)"
+    print(f"dataset      {info['dataset']}  ({info['source'] or 'embedded'})")
+    print(f"splits       train {info['train']}  val {info['val']}  test {info['test']}  (split seed {info['split_seed']})")
+    print(f"classes      {info['num_classes']}: {shown}")
+    print(f"images       {info['channels']}x{h}x{w} uint8")
+    print(f"cache        {cache}{'  (hit)' if info['cache_hit'] else ''}")
+    if info["skipped"]:
+        print(f"skipped      {info['skipped']} image(s), first: {info['skipped_files'][0] if info['skipped_files'] else '?'}")
+    print(f"loaded in    {info['load_seconds']:.2f} s")
+    return 0
+
+
 COMMANDS = {
     "search": cmd_search,
     "sample": cmd_sample,
@@ -239,6 +281,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "supernets": cmd_supernets,
+    "data": cmd_data,
 }
 
 

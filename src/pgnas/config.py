@@ -48,6 +48,9 @@ class SearchConfig:
     flip: bool | None = None
     cutout: int | None = None
     autoaugment: bool = False
+    data_cache: str | None = None  # decoded-data cache folder; None: $PGNAS_CACHE or ~/.cache/pgnas
+    skip_bad: bool = False  # skip (and count) unreadable or odd-sized images instead of stopping
+    image_size: int | None = None  # resize ImageFolder images to this side (imagenet: the crop size)
     # guided sampling and selection
     candidates: int = 100
     top_k: int = 5
@@ -88,6 +91,7 @@ class SearchConfig:
         need(self.n_data is None or (_finite(self.n_data) and self.n_data > 0), f"n_data must be > 0, got {self.n_data!r}")
         need(self.val_size is None or (_finite(self.val_size) and self.val_size > 0), f"val_size must be > 0, got {self.val_size!r}")
         need(self.train_subset is None or (isinstance(self.train_subset, int) and self.train_subset >= 1), f"train_subset must be >= 1, got {self.train_subset!r}")
+        need(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 1), f"image_size must be >= 1, got {self.image_size!r}")
         for name in ("crop_pad", "cutout"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v >= 0), f"{name} must be >= 0, got {v!r}")

@@ -18,10 +18,11 @@ class AugmentSpec:
     crop_pad: int = 0  # pad-and-random-crop by up to this many pixels
     flip: bool = False  # random horizontal flip
     cutout: int = 0  # side of the zeroed square (DeVries & Taylor), 0 for none
+    autoaugment: bool = False  # AutoAugment's CIFAR-10 policy (Cubuk et al. 2019), after crop and flip
 
     @property
     def active(self) -> bool:
-        return bool(self.crop_pad or self.flip or self.cutout)
+        return bool(self.crop_pad or self.flip or self.cutout or self.autoaugment)
 
 
 def _rand_int(high: int, n: int, g: torch.Generator, device) -> Tensor:
@@ -67,4 +68,8 @@ def augment(x: Tensor, spec: AugmentSpec, g: torch.Generator) -> Tensor:
     x = random_crop(x, spec.crop_pad, g)
     if spec.flip:
         x = random_flip(x, g)
+    if spec.autoaugment:
+        from pgnas.data.autoaugment import autoaugment
+
+        x = autoaugment(x, g)
     return cutout(x, spec.cutout, g)

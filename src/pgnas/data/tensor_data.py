@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from pgnas.data.augment import AugmentSpec, cutout, random_crop, random_flip
+from pgnas.data.autoaugment import autoaugment
 from pgnas.data.splits import stratified_split
 
 
@@ -34,6 +35,7 @@ class TensorSplits:
     val_indices: Tensor | None = None  # positions of the validation images in the source's training set
     split_seed: int = 0
     source: str = ""
+    info: dict = field(default_factory=dict)  # where it came from: cache file, checksum, skipped files
     _eval_cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ facts
@@ -57,6 +59,8 @@ class TensorSplits:
             **self.sizes(),
             "split_seed": self.split_seed,
             "val_indices": None if self.val_indices is None else self.val_indices.tolist(),
+            "source": self.source,
+            **{k: self.info[k] for k in ("source_checksum", "skipped", "skipped_files") if k in self.info},
         }
 
     def to(self, device: torch.device | str) -> "TensorSplits":
@@ -108,6 +112,8 @@ class TensorSplits:
             x = random_crop(x, spec.crop_pad, generator)
             if spec.flip:
                 x = random_flip(x, generator)
+            if spec.autoaugment:
+                x = autoaugment(x, generator)
             x = x.float() * scale + shift
             x = cutout(x, spec.cutout, generator)  # on normalised data: the square is the mean
             yield x, y
@@ -130,12 +136,18 @@ class TensorSplits:
 
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units."""
-    xf = x.float().div_(255.0)
-    dims = (0, 2, 3)
-    mean = xf.mean(dims)
-    std = xf.std(dims).clamp_min(1e-3)
-    return tuple(mean.tolist()), tuple(std.tolist())
+    """Per-channel mean and std of uint8 images, in [0, 1] units: exact, from each channel's
+    histogram of the 256 values (no float copy of the whole set)."""
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        hist = torch.bincount(x[:, c].reshape(-1).cpu(), minlength=256).to(torch.float64)
+        count = hist.sum()
+        mean = (hist * values).sum() / count
+        var = (hist * (values - mean).square()).sum() / (count - 1).clamp_min(1)
+        means.append(float(mean / 255.0))
+        stds.append(max(float(var.sqrt() / 255.0), 1e-3))
+    return tuple(means), tuple(stds)
 
 
 def split_train_val(
@@ -149,6 +161,7 @@ def split_train_val(
     split_seed: int,
     augment: AugmentSpec,
     source: str = "",
+    info: dict | None = None,
 ) -> TensorSplits:
     """Carve a stratified validation split from the training set and assemble the splits.
 
@@ -171,4 +184,5 @@ def split_train_val(
         val_indices=val_idx,
         split_seed=split_seed,
         source=source,
+        info=dict(info or {}),
     )

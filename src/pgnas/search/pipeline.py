@@ -32,7 +32,7 @@ from pgnas.supernets import get_supernet
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json", "model.pt", "model.json")
 # Settings that may change when a run is resumed; every other one must match the saved run.
 RESUME_MUTABLE = frozenset(
-    {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "out"}
+    {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "out", "data_cache"}
 )
 
 
@@ -132,12 +132,15 @@ def build_run(cfg: SearchConfig) -> Run:
     d = init_from_env(device.type)
     if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download)
+    data = load_dataset(
+        cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download,
+        data_cache=cfg.data_cache, skip_bad=cfg.skip_bad, image_size=cfg.image_size,
+    )
     if cfg.train_subset:
         data = _train_subset(data, cfg.train_subset, cfg.split_seed)
     augment = dataclasses.replace(
         data.augment,
-        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout") if getattr(cfg, k) is not None},
+        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout", "autoaugment") if getattr(cfg, k) is not None},
     )
     cfg = cfg.replace(
         lambda_w=spec.lambda_w if cfg.lambda_w is None else cfg.lambda_w,
