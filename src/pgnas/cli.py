@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("search", help="train the posterior, sample candidates, select the best")
-    s.add_argument("--config", help="TOML file of settings (flags override it)")
+    s.add_argument("--preset", help="a named paper recipe (see `pgnas presets`); --config and flags override it")
+    s.add_argument("--config", help="TOML file of settings (overrides --preset; flags override it)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--force", action="store_true", help="replace the pgnas files of an existing results folder")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, help="resize ImageFolder images to this side (imagenet: crop size)")
     d.add_argument("--skip-bad", action="store_true", help="skip and count unreadable or odd-sized images")
     d.add_argument("--json", action="store_true", help="machine-readable output")
+
+    pr = sub.add_parser("presets", help="list the named training recipes of the paper (--preset NAME)")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -141,11 +145,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.out:
             raise PgnasError("--resume needs --out RUN_DIR (the results folder to continue)")
-        if args.config:
-            raise PgnasError("--resume uses the run's saved config.toml; do not pass --config")
+        if args.config or args.preset:
+            raise PgnasError("--resume uses the run's saved config.toml; do not pass --config or --preset")
         cfg = resume_config(args.out, flags)
     else:
-        base = SearchConfig.from_toml(args.config).to_dict() if args.config else {}
+        # precedence: defaults < preset < config file (only the settings it names) < flags
+        base = {}
+        if args.preset:
+            from pgnas.presets import preset_settings
+
+            base.update(preset_settings(args.preset))
+        if args.config:
+            base.update(_config_file_settings(args.config))
         base.update(flags)
         cfg = SearchConfig.from_dict(base)
     result = pgnas.search(cfg, resume=args.resume, force=args.force, progress=not args.quiet)
@@ -185,21 +196,53 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_supernets(args: argparse.Namespace) -> int:
-    from pgnas.posterior import count_parameters
+def _config_file_settings(path: str) -> dict[str, Any]:
+    """The settings a TOML file names (checked and coerced), and only those."""
+    import tomllib
+    from pathlib import Path
+
+    cfg = SearchConfig.from_toml(path)
+    names = tomllib.loads(Path(path).read_text())
+    return {k: getattr(cfg, k) for k in names}
+
+
+def supernet_rows() -> list[dict[str, Any]]:
+    """Every listed built-in super-network: params, MACs at its native input size (3 channels;
+    1000 classes at 224, 10 at 32), instrumented layers and p groups."""
+    from pgnas.posterior import count_parameters, instrument
+    from pgnas.profile import count_macs
     from pgnas.supernets import list_supernets
 
     rows = []
     for spec in list_supernets():
-        model = spec.build()
-        rows.append({"name": spec.name, "params": count_parameters(model), "lambda_w": spec.lambda_w, "description": spec.description})
+        model = spec.build(num_classes=1000 if spec.input_size >= 224 else 10, in_channels=3)
+        params = count_parameters(model)
+        macs = count_macs(model, (3, spec.input_size, spec.input_size))
+        post = instrument(
+            model,
+            groups=spec.groups(model) if spec.groups else None,
+            exclude=spec.exclude(model) if spec.exclude else (),
+        )
+        rows.append({
+            "name": spec.name, "params": params, "macs": macs, "layers": len(post), "groups": post.num_groups(),
+            "input_size": spec.input_size, "lambda_w": spec.lambda_w, "paper_params": spec.paper_params,
+            "description": spec.description,
+        })
+    return rows
+
+
+def cmd_supernets(args: argparse.Namespace) -> int:
+    rows = supernet_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         width = max(len(r["name"]) for r in rows)
-        print(f"{'name':<{width}}  {'params':>10}  {'lambda_w':>8}  description")
+        print(f"{'name':<{width}}  {'params':>9}  {'MACs':>9}  {'input':>5}  {'layers':>6}  {'groups':>6}  {'lambda_w':>8}  description")
         for r in rows:
-            print(f"{r['name']:<{width}}  {r['params'] / 1e6:>9.2f}M  {r['lambda_w']:>8g}  {r['description']}")
+            print(
+                f"{r['name']:<{width}}  {r['params'] / 1e6:>8.2f}M  {r['macs'] / 1e9:>8.3f}G  {r['input_size']:>5}  "
+                f"{r['layers']:>6}  {r['groups']:>6}  {r['lambda_w']:>8g}  {r['description']}"
+            )
     return 0
 
 
@@ -273,6 +316,18 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from pgnas.presets import HARDWARE, PRESETS
+
+    if args.json:
+        print(json.dumps({name: {**s, "needs": HARDWARE.get(name)} for name, s in PRESETS.items()}, indent=2))
+        return 0
+    for name, s in PRESETS.items():
+        print(f"{name}: {s['supernet']} on {s['dataset']}, {s['epochs']} epochs, batch {s['batch_size']}, lr {s['lr']:g} "
+              f"({s['lr_schedule']}), lambda_w {s['lambda_w']:g}, N {s['n_data']:g}, {s['candidates']} candidates - needs {HARDWARE.get(name)}")
+    return 0
+
+
 COMMANDS = {
     "search": cmd_search,
     "sample": cmd_sample,
@@ -282,6 +337,7 @@ COMMANDS = {
     "report": cmd_report,
     "supernets": cmd_supernets,
     "data": cmd_data,
+    "presets": cmd_presets,
 }
 
 

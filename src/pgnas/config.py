@@ -32,8 +32,9 @@ class SearchConfig:
     epochs: int = 40
     batch_size: int = 64
     lr: float = 0.05
+    lr_schedule: str = "cosine"  # "cosine", "sgdr:T0:TMUL:LR_MIN" (epochs), or "step:E1,E2,..." (lr / 10 at each)
     momentum: float = 0.9
-    grad_clip: float = 5.0
+    grad_clip: float = 5.0  # global gradient-norm clip; 0 turns clipping off
     tau: float = 0.2
     init_p: float = 0.1
     posterior: str = "learned"  # "learned", or "fixed:P" for the random baseline (Bender et al.)
@@ -83,7 +84,8 @@ class SearchConfig:
         need(isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
         need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
-        need(_finite(self.grad_clip) and self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip!r}")
+        need(_finite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip!r}")
+        parse_lr_schedule(self.lr_schedule)
         need(_finite(self.tau) and self.tau > 0, f"tau must be > 0, got {self.tau!r}")
         need(_finite(self.init_p) and 0 < self.init_p < 1, f"init_p must be in (0, 1), got {self.init_p!r}")
         need(self.lambda_w is None or (_finite(self.lambda_w) and self.lambda_w >= 0), f"lambda_w must be >= 0, got {self.lambda_w!r}")
@@ -153,6 +155,33 @@ class SearchConfig:
 
     def replace(self, **changes: Any) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
+
+
+def parse_lr_schedule(text: str) -> tuple[str, tuple]:
+    """``"cosine"`` -> ("cosine", ()); ``"sgdr:T0:TMUL:LR_MIN"`` -> ("sgdr", (T0, TMUL, LR_MIN)), cosine
+    with warm restarts (Loshchilov & Hutter), the first cycle T0 epochs, each next TMUL times longer,
+    from ``lr`` down to LR_MIN; ``"step:E1,E2,..."`` -> ("step", (E1, E2, ...)), lr divided by 10 at
+    each epoch Ei."""
+    raw = str(text).strip().lower()
+    kind, _, rest = raw.partition(":")
+    try:
+        if kind == "cosine" and not rest:
+            return "cosine", ()
+        if kind == "sgdr":
+            t0, tmul, lr_min = rest.split(":")
+            t0, tmul, lr_min = float(t0), float(tmul), float(lr_min)
+            if t0 > 0 and tmul >= 1 and lr_min >= 0 and all(map(math.isfinite, (t0, tmul, lr_min))):
+                return "sgdr", (t0, tmul, lr_min)
+        if kind == "step":
+            milestones = tuple(float(m) for m in rest.split(","))
+            if all(m > 0 and math.isfinite(m) for m in milestones) and list(milestones) == sorted(milestones):
+                return "step", milestones
+    except ValueError:
+        pass
+    raise PgnasError(
+        f"lr_schedule must be 'cosine', 'sgdr:T0:TMUL:LR_MIN' (e.g. sgdr:10:2:0.0001) or "
+        f"'step:E1,E2,...' (e.g. step:30,60), got {text!r}"
+    )
 
 
 def _finite(x: Any) -> bool:

@@ -9,6 +9,7 @@ from pgnas.posterior.instrument import (
     count_parameters,
     instrument,
 )
+from pgnas.posterior.groups import find_groups
 
 __all__ = [
     "ChannelConcreteDropout",
@@ -17,5 +18,6 @@ __all__ = [
     "PosteriorLayer",
     "candidate_seed",
     "count_parameters",
+    "find_groups",
     "instrument",
 ]

@@ -47,7 +47,7 @@ def _apply_dropout(module: nn.Module, args: tuple) -> tuple:
 def instrument(
     model: nn.Module,
     *,
-    groups: Mapping[str, Sequence[int]] | None = None,
+    groups: Mapping[str, Sequence[int]] | str | None = None,
     init_p: float = 0.1,
     tau: float = 0.2,
     fixed_p: float | None = None,
@@ -57,12 +57,20 @@ def instrument(
 
     Args:
         groups: layer name -> input-channel group sizes, for layers that read a concatenation
-            (one p per group). Layers not named get one p.
+            (one p per group). Layers not named get one p. ``"auto"``: found by tracing the model
+            with torch.fx (:func:`pgnas.posterior.groups.find_groups`); a model that cannot be
+            traced raises a PgnasError asking for explicit groups.
         init_p: initial drop probability (paper: 0.1).
         tau: concrete temperature (paper: 0.2).
         fixed_p: if given, p is fixed at this value and not learned (the random baseline).
         exclude: names of layers to leave plain (e.g. a stem the user does not want searched).
     """
+    if isinstance(groups, str):
+        if groups != "auto":
+            raise PgnasError(f"instrument: groups must be a mapping, None or 'auto', got {groups!r}")
+        from pgnas.posterior.groups import find_groups
+
+        groups = find_groups(model)
     groups = dict(groups or {})
     exclude = set(exclude)
     if fixed_p is not None:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.config import SearchConfig
+from pgnas.config import SearchConfig, parse_lr_schedule
 from pgnas.data.augment import AugmentSpec
 from pgnas.errors import PgnasError
 from pgnas.posterior import Posterior
@@ -22,6 +22,21 @@ from pgnas.search.distributed import Dist
 def cosine_lr(base: float, step: int, total: int) -> float:
     """Cosine decay without restart, per step, from ``base`` to 0."""
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def scheduled_lr(schedule: str, base: float, step: int, steps_per_epoch: int, total: int) -> float:
+    """The learning rate at ``step`` under ``schedule`` (see ``SearchConfig.lr_schedule``)."""
+    kind, args = parse_lr_schedule(schedule)
+    if kind == "cosine":
+        return cosine_lr(base, step, total)
+    epoch = step / max(steps_per_epoch, 1)
+    if kind == "step":
+        return base * 0.1 ** sum(epoch >= m for m in args)
+    t0, tmul, lr_min = args  # sgdr: find the current cycle
+    start, length = 0.0, t0
+    while epoch >= start + length:
+        start, length = start + length, length * tmul
+    return lr_min + 0.5 * (base - lr_min) * (1.0 + math.cos(math.pi * (epoch - start) / length))
 
 
 def autocast_for(device: torch.device):
@@ -126,7 +141,7 @@ class PosteriorTrainer:
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size} if self.dist.enabled else {}
         batches = self.data.train_batches(cfg.batch_size, self.generator, dev, self.augment, **shard)
         for i, (x, y) in enumerate(batches):
-            lr = cosine_lr(cfg.lr, self.step, self.total_steps)
+            lr = scheduled_lr(cfg.lr_schedule, cfg.lr, self.step, self.steps_per_epoch, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             if dev.type == "cuda":
@@ -139,7 +154,8 @@ class PosteriorTrainer:
             loss = loss_ce + self.lambda_w * kl_w + cfg.lambda_p * kl_e
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
             with torch.no_grad():

@@ -13,6 +13,7 @@ training (drop-path) may define ``set_progress(fraction: float)``, called at eac
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -75,10 +76,49 @@ def get_supernet(name: str) -> SupernetSpec:
     raise PgnasError(f"unknown super-network {name!r}; known: {known} (or a module:function factory)")
 
 
-def _from_import_path(name: str) -> SupernetSpec:
-    module_name, _, attr = name.partition(":")
+def auto_groups(model: nn.Module) -> Mapping[str, Sequence[int]]:
+    """Input groups found by tracing (``find_groups``); a model torch.fx cannot trace gets one p
+    per layer, with a warning (register a SupernetSpec with explicit ``groups`` to do better)."""
+    import warnings
+
+    from pgnas.posterior.groups import find_groups
+
     try:
-        module = importlib.import_module(module_name)
+        return find_groups(model)
+    except PgnasError as exc:
+        warnings.warn(f"{exc}; using one p per layer", stacklevel=2)
+        return {}
+
+
+def _import(module_name: str):
+    """Import ``pkg.module`` (trying the working directory too) or a file ``path/to/file.py``."""
+    import os
+    import sys
+    from pathlib import Path
+
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise ImportError(f"no file {module_name}")
+        spec = importlib.util.spec_from_file_location(f"pgnas_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        cwd = os.getcwd()
+        if cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.insert(0, cwd)  # `pgnas` run as a console script does not see the working directory
+        return importlib.import_module(module_name)
+
+
+def _from_import_path(name: str) -> SupernetSpec:
+    module_name, _, attr = name.rpartition(":")
+    try:
+        module = _import(module_name)
     except ImportError as exc:
         raise PgnasError(f"super-network {name!r}: cannot import module {module_name!r} ({exc})") from None
     obj = getattr(module, attr, None)
@@ -88,4 +128,4 @@ def _from_import_path(name: str) -> SupernetSpec:
         return obj
     if not callable(obj):
         raise PgnasError(f"super-network {name!r}: {attr!r} is not a factory function")
-    return SupernetSpec(name=name, factory=obj, description=f"user factory {name}", listed=False)
+    return SupernetSpec(name=name, factory=obj, description=f"user factory {name}", groups=auto_groups, listed=False)
