@@ -62,6 +62,50 @@ def best_of_first(result: pgnas.SearchResult, n: int, seed: int, data) -> tuple[
     return best["index"], acc
 
 
+def write_results(args, common, per_seed, curves, ns, t_start) -> dict:
+    seeds = [r["seed"] for r in per_seed]
+
+    def mean(key):
+        return statistics.mean(r[key] for r in per_seed)
+
+    out = {
+        "pgnas_test_error": mean("pgnas_test_error"),
+        "random_test_error": mean("random_test_error"),
+        "random_finetuned_test_error": mean("random_finetuned_test_error"),
+        "supernet_test_error": mean("supernet_test_error"),
+        "pgnas_params": mean("pgnas_params"),
+        "random_params": mean("random_params"),
+        "random_drop_rate": mean("random_drop_rate"),
+        "error_ratio_pgnas_over_random": mean("pgnas_test_error") / max(1e-9, mean("random_test_error")),
+        "guided_candidates_mean_val_acc": statistics.mean(r["pgnas_candidates"]["mean"] for r in per_seed),
+        "random_candidates_mean_val_acc": statistics.mean(r["random_candidates"]["mean"] for r in per_seed),
+        "guided_candidates_std_val_acc": statistics.mean(r["pgnas_candidates"]["std"] for r in per_seed),
+        "random_candidates_std_val_acc": statistics.mean(r["random_candidates"]["std"] for r in per_seed),
+        "seeds": seeds,
+        "per_seed": per_seed,
+        "config": {**common, "finetune_epochs": args.finetune_epochs, "quick": args.quick},
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "date": time.strftime("%Y-%m-%d"),
+        "wall_seconds": time.time() - t_start,
+    }
+    suffix = "_quick" if args.quick else ""
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"guided_vs_random{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
+    nc = {
+        "num_candidates": ns,
+        "guided_test_error": [statistics.mean(curves["guided"][s][n] for s in seeds) for n in ns],
+        "random_test_error": [statistics.mean(curves["random"][s][n] for s in seeds) for n in ns],
+        "per_seed": curves,
+        "seeds": seeds,
+        "config": out["config"],
+        "date": out["date"],
+    }
+    (HERE / "results" / f"num_candidates{suffix}.json").write_text(json.dumps(nc, indent=2) + "\n")
+    print(json.dumps({k: out[k] for k in ("pgnas_test_error", "random_test_error", "random_finetuned_test_error",
+                                           "supernet_test_error", "error_ratio_pgnas_over_random")}, indent=2))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -69,7 +113,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--train-subset", type=int, default=10000)
     ap.add_argument("--val-size", type=int, default=2000)
-    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--candidates", type=int, default=150)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--lambda-w", type=float, default=50.0)
     ap.add_argument("--n-data", type=float, default=None)
@@ -91,7 +135,7 @@ def main() -> None:
     t_start = time.time()
     per_seed = []
     curves = {"guided": {}, "random": {}}
-    ns = [n for n in (1, 2, 5, 10, 20, 50, 100, 200, 500) if n <= args.candidates]
+    ns = [n for n in (1, 2, 5, 10, 20, 50, 100, 150, 200, 300, 500) if n <= args.candidates]
     for seed in args.seeds:
         g_cfg = pgnas.SearchConfig(**common, seed=seed, out=str(work / f"guided-s{seed}"))
         g = pgnas.search(g_cfg, progress=False, force=True)
@@ -124,46 +168,9 @@ def main() -> None:
             "seconds": {"guided": g.summary["seconds"], "random": r.summary["seconds"]},
         }
         per_seed.append(row)
+        write_results(args, common, per_seed, curves, ns, t_start)  # after every seed: a kill keeps what is done
         print(json.dumps({k: row[k] for k in ("seed", "pgnas_test_error", "random_test_error", "random_finetuned_test_error",
                                                  "supernet_test_error", "pgnas_params", "random_params")}), flush=True)
-
-    def mean(key):
-        return statistics.mean(r[key] for r in per_seed)
-
-    out = {
-        "pgnas_test_error": mean("pgnas_test_error"),
-        "random_test_error": mean("random_test_error"),
-        "random_finetuned_test_error": mean("random_finetuned_test_error"),
-        "supernet_test_error": mean("supernet_test_error"),
-        "pgnas_params": mean("pgnas_params"),
-        "random_params": mean("random_params"),
-        "error_ratio_pgnas_over_random": mean("pgnas_test_error") / max(1e-9, mean("random_test_error")),
-        "guided_candidates_mean_val_acc": statistics.mean(r["pgnas_candidates"]["mean"] for r in per_seed),
-        "random_candidates_mean_val_acc": statistics.mean(r["random_candidates"]["mean"] for r in per_seed),
-        "guided_candidates_std_val_acc": statistics.mean(r["pgnas_candidates"]["std"] for r in per_seed),
-        "random_candidates_std_val_acc": statistics.mean(r["random_candidates"]["std"] for r in per_seed),
-        "seeds": args.seeds,
-        "per_seed": per_seed,
-        "config": {**common, "finetune_epochs": args.finetune_epochs, "quick": args.quick},
-        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-        "date": time.strftime("%Y-%m-%d"),
-        "wall_seconds": time.time() - t_start,
-    }
-    suffix = "_quick" if args.quick else ""
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"guided_vs_random{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
-    nc = {
-        "num_candidates": ns,
-        "guided_test_error": [statistics.mean(curves["guided"][s][n] for s in args.seeds) for n in ns],
-        "random_test_error": [statistics.mean(curves["random"][s][n] for s in args.seeds) for n in ns],
-        "per_seed": curves,
-        "seeds": args.seeds,
-        "config": out["config"],
-        "date": out["date"],
-    }
-    (HERE / "results" / f"num_candidates{suffix}.json").write_text(json.dumps(nc, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("pgnas_test_error", "random_test_error", "random_finetuned_test_error",
-                                           "supernet_test_error", "error_ratio_pgnas_over_random")}, indent=2))
 
 
 if __name__ == "__main__":
