@@ -25,7 +25,8 @@ def test_report_writes_figures_and_tables(two_runs, tmp_path, capsys):
     assert main(["report", *map(str, two_runs), "--out", str(out)]) == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"candidates_hist.png", "training_curves.png", "architecture_0.png", "architecture_1.png",
-            "p_layers_0.png", "p_epochs_1.png"} <= set(pngs)
+            "p_layers_0.png", "p_epochs_0.png"} <= set(pngs)
+    assert "p_layers_1.png" not in pngs  # the fixed-drop run has no learned p to plot
     for p in out.glob("*.png"):
         with Image.open(p) as im:
             assert im.size[0] > 300 and im.size[1] > 150

@@ -44,16 +44,20 @@ def candidate_histogram(runs: Sequence[RunRecord], path: Path) -> Path:
 
 
 def p_per_layer(run: RunRecord, path: Path) -> Path:
-    """The learned drop probability of every layer (mean over its groups)."""
+    """The learned drop probability of every layer: mean over its groups, whiskers from the
+    smallest to the largest group p where a layer has several groups."""
     p = run.summary["posterior"]["p"]
     names = list(p)
-    vals = [float(np.mean(v)) for v in p.values()]
+    vals = np.array([float(np.mean(v)) for v in p.values()])
+    lo = vals - np.array([float(np.min(v)) for v in p.values()])
+    hi = np.array([float(np.max(v)) for v in p.values()]) - vals
     fig, ax = plt.subplots(figsize=(max(7, 0.18 * len(names)), 4))
-    ax.bar(range(len(names)), vals, color=COLORS[0])
+    ax.bar(range(len(names)), vals, color=COLORS[0], yerr=np.vstack([lo, hi]) if (lo + hi).any() else None,
+           error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "0.3"})
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=90, fontsize=6)
     ax.set_ylabel("drop probability p")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, min(1.0, max(0.25, 1.15 * float((vals + hi).max()))))
     ax.set_title(f"Learned p per layer ({run.label})")
     return _save(fig, path)
 

@@ -88,6 +88,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, force: bool
     for i, r in enumerate(runs):
         tag = f"_{i}" if len(runs) > 1 else ""
         figures.append((f"Selected architecture: {r.label}", plots.architecture_diagram(r, out / f"architecture{tag}.png")))
+        if r.mode != "learned":  # a fixed posterior has one p everywhere: nothing to plot
+            continue
         figures.append((f"Learned p per layer: {r.label}", plots.p_per_layer(r, out / f"p_layers{tag}.png")))
         pe = plots.p_over_epochs(r, out / f"p_epochs{tag}.png")
         if pe is not None:
