@@ -62,6 +62,41 @@ def best_of_first(result: pgnas.SearchResult, n: int, seed: int, data) -> tuple[
     return best["index"], acc
 
 
+def curves_from_runs(work: Path, seeds: list[int], ns: list[int]) -> dict:
+    """The num_candidates curves recomputed from finished runs (their checkpoints, candidates.jsonl)."""
+    from types import SimpleNamespace
+
+    from pgnas.data import load_dataset
+    from pgnas.export.from_run import rebuild_supernet
+    from pgnas.search.select import read_candidates
+
+    curves: dict = {"guided": {}, "random": {}}
+    data = None
+    for name in curves:
+        for seed in seeds:
+            run_dir = work / f"{name}-s{seed}"
+            cfg, model, post, _ = rebuild_supernet(run_dir, data)
+            if data is None:
+                data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed)
+            cands = [c for _, c in sorted(read_candidates(run_dir / "candidates.jsonl").items())]
+            res = SimpleNamespace(candidates=cands, posterior=post, model=model)
+            curves[name][seed] = {n: 1 - best_of_first(res, n, cfg.seed, data)[1] for n in ns}
+    return curves
+
+
+def write_curves(curves: dict, seeds: list[int], ns: list[int], config: dict, suffix: str = "") -> None:
+    nc = {
+        "num_candidates": ns,
+        "guided_test_error": [statistics.mean(curves["guided"][s][n] for s in seeds) for n in ns],
+        "random_test_error": [statistics.mean(curves["random"][s][n] for s in seeds) for n in ns],
+        "per_seed": curves,
+        "seeds": seeds,
+        "config": config,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    (HERE / "results" / f"num_candidates{suffix}.json").write_text(json.dumps(nc, indent=2) + "\n")
+
+
 def write_results(args, common, per_seed, curves, ns, t_start) -> dict:
     seeds = [r["seed"] for r in per_seed]
 
@@ -91,16 +126,7 @@ def write_results(args, common, per_seed, curves, ns, t_start) -> dict:
     suffix = "_quick" if args.quick else ""
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"guided_vs_random{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
-    nc = {
-        "num_candidates": ns,
-        "guided_test_error": [statistics.mean(curves["guided"][s][n] for s in seeds) for n in ns],
-        "random_test_error": [statistics.mean(curves["random"][s][n] for s in seeds) for n in ns],
-        "per_seed": curves,
-        "seeds": seeds,
-        "config": out["config"],
-        "date": out["date"],
-    }
-    (HERE / "results" / f"num_candidates{suffix}.json").write_text(json.dumps(nc, indent=2) + "\n")
+    write_curves(curves, seeds, ns, out["config"], suffix)
     print(json.dumps({k: out[k] for k in ("pgnas_test_error", "random_test_error", "random_finetuned_test_error",
                                            "supernet_test_error", "error_ratio_pgnas_over_random")}, indent=2))
     return out
@@ -120,7 +146,17 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--work", default=str(HERE / "runs" / "guided_vs_random"))
     ap.add_argument("--quick", action="store_true", help="digits, tiny budget: a smoke test of this script")
+    ap.add_argument("--curves-only", action="store_true",
+                    help="recompute num_candidates.json from the finished runs in --work (no training)")
     args = ap.parse_args()
+    if args.curves_only:
+        work = Path(args.work)
+        ns = [n for n in (1, 2, 5, 10, 20, 50, 100, 150, 200, 300, 500) if n <= args.candidates]
+        prev = json.loads((HERE / "results" / "guided_vs_random.json").read_text())
+        curves = curves_from_runs(work, args.seeds, ns)
+        write_curves(curves, args.seeds, ns, prev["config"])
+        print(json.dumps({n: (curves["guided"][args.seeds[0]][n], curves["random"][args.seeds[0]][n]) for n in ns}))
+        return
 
     if args.quick:
         data = dict(dataset="digits", data_dir=None, val_size=None, train_subset=None)
@@ -142,12 +178,12 @@ def main() -> None:
         p_random = round(min(0.9, max(0.02, 1.0 - g.selected["kept_fraction"])), 3)
         r_cfg = pgnas.SearchConfig(**common, seed=seed, posterior=f"fixed:{p_random}", out=str(work / f"random-s{seed}"))
         r = pgnas.search(r_cfg, progress=False, force=True)
-        ft_acc = finetune_and_test(r, pgnas.SearchConfig.from_toml(r.run_dir / "config.toml"), args.finetune_epochs, args.lr * 0.2)
         from pgnas.search.pipeline import build_run
 
         test_data = build_run(pgnas.SearchConfig.from_toml(g.run_dir / "config.toml")).data
-        for name, res in (("guided", g), ("random", r)):
+        for name, res in (("guided", g), ("random", r)):  # before fine-tuning: it changes r.model in place
             curves[name][seed] = {n: 1 - best_of_first(res, n, seed, test_data)[1] for n in ns}
+        ft_acc = finetune_and_test(r, pgnas.SearchConfig.from_toml(r.run_dir / "config.toml"), args.finetune_epochs, args.lr * 0.2)
         row = {
             "seed": seed,
             "random_drop_rate": p_random,
