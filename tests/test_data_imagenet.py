@@ -44,6 +44,10 @@ def test_streamed_batches(tmp_path):
         assert torch.allclose(level, 60.0 * (y + 1).float(), atol=3)
     again = list(d.train_batches(4, torch.Generator().manual_seed(0)))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))  # reproducible with workers
+    # data parallel: rank r decodes its half of every global batch; the halves make up the batch
+    shares = [list(d.train_batches(4, torch.Generator().manual_seed(0), rank=r, world_size=2)) for r in (0, 1)]
+    for (x, y), a, b in zip(batches, *shares):
+        assert a[0].shape == (2, 3, 16, 16) and torch.equal(torch.cat([a[1], b[1]]), y)
     xs, ys = zip(*d.eval_batches("test", 4))
     assert [len(y) for y in ys] == [4, 2] and torch.cat(ys).tolist() == [0, 0, 1, 1, 2, 2]
     assert len(d.describe_split()["val_indices"]) == 3

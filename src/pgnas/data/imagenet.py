@@ -192,13 +192,21 @@ class ImageNetStream:
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float() / 255.0 - mean) / std
 
-    def train_batches(self, batch_size: int, generator: torch.Generator, device="cpu", augment: AugmentSpec | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def train_batches(self, batch_size: int, generator: torch.Generator, device="cpu", augment: AugmentSpec | None = None,
+                      *, rank: int = 0, world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of batches decoded by the workers. Under data parallelism every rank passes an
+        identically seeded ``generator`` and decodes only its 1/world_size share of each global
+        batch (a distributed sampler over the same global order)."""
         spec = self.augment if augment is None else augment
         n = len(self._train)
         steps = self.steps_per_epoch(batch_size)
         perm = torch.randperm(n, generator=generator).tolist()
         seeds = torch.randint(0, 2**31 - 1, (steps * batch_size,), generator=generator).tolist()
-        keys = [list(zip(perm[s * batch_size : (s + 1) * batch_size], seeds[s * batch_size : (s + 1) * batch_size])) for s in range(steps)]
+        local = batch_size // world_size
+        keys = []
+        for s in range(steps):
+            lo = s * batch_size + rank * local
+            keys.append(list(zip(perm[lo : lo + local], seeds[lo : lo + local])))
         for x, y, _, err in self._loader(self._train, keys):
             x, y = self._checked(x, y, err)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
