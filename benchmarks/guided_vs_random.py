@@ -118,12 +118,12 @@ def write_results(args, common, per_seed, curves, ns, t_start) -> dict:
         "random_candidates_std_val_acc": statistics.mean(r["random_candidates"]["std"] for r in per_seed),
         "seeds": seeds,
         "per_seed": per_seed,
-        "config": {**common, "finetune_epochs": args.finetune_epochs, "quick": args.quick},
+        "config": {**common, "finetune_epochs": args.finetune_epochs, "quick": args.quick, "digits": args.digits},
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "date": time.strftime("%Y-%m-%d"),
         "wall_seconds": time.time() - t_start,
     }
-    suffix = "_quick" if args.quick else ""
+    suffix = "_quick" if args.quick else "_digits" if args.digits else ""
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"guided_vs_random{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
     write_curves(curves, seeds, ns, out["config"], suffix)
@@ -146,6 +146,9 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--work", default=str(HERE / "runs" / "guided_vs_random"))
     ap.add_argument("--quick", action="store_true", help="digits, tiny budget: a smoke test of this script")
+    ap.add_argument("--digits", action="store_true",
+                    help="the embedded digits data at the given budget (a setting where the super-network converges); "
+                         "writes guided_vs_random_digits.json, runs in --work + '_digits'")
     ap.add_argument("--curves-only", action="store_true",
                     help="recompute num_candidates.json from the finished runs in --work (no training)")
     args = ap.parse_args()
@@ -158,7 +161,10 @@ def main() -> None:
         print(json.dumps({n: (curves["guided"][args.seeds[0]][n], curves["random"][args.seeds[0]][n]) for n in ns}))
         return
 
-    if args.quick:
+    if args.digits:
+        data = dict(dataset="digits", data_dir=None, val_size=None, train_subset=None)
+        args.work = args.work + "_digits"
+    elif args.quick:
         data = dict(dataset="digits", data_dir=None, val_size=None, train_subset=None)
         args.epochs, args.candidates, args.finetune_epochs, args.seeds = 3, 12, 1, args.seeds[:1]
     else:
