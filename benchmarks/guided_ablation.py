@@ -20,27 +20,33 @@ import json
 import platform
 import statistics
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from pgnas.data import load_dataset
 from pgnas.export.from_run import rebuild_supernet
-from pgnas.posterior.instrument import candidate_seed
+from pgnas.posterior.concrete_dropout import logit
 from pgnas.search.select import correct_counts
 
 HERE = Path(__file__).resolve().parent
 
 
-def draw(posterior, index: int, seed: int, uniform: float | None) -> dict:
-    """Candidate ``index``: keep channel k w.p. 1 - p_k (learned) or 1 - uniform, same draws."""
-    g = torch.Generator().manual_seed(candidate_seed(seed, index))
-    masks = {}
-    for pl in posterior:
-        p = pl.dropout.channel_p().detach().to("cpu", torch.float64)
-        u = torch.rand(p.shape, generator=g, dtype=torch.float64)
-        masks[pl.name] = u < (1.0 - (p if uniform is None else torch.full_like(p, uniform)))
-    return masks
+@contextmanager
+def uniform_p(posterior, p: float):
+    """The posterior with every group's p set to ``p`` (restored on exit). Candidate i is then
+    drawn by ``sample_candidate`` from the same uniforms as under the learned p."""
+    saved = [pl.dropout.logit.detach().clone() for pl in posterior]
+    with torch.no_grad():
+        for pl in posterior:
+            pl.dropout.logit.fill_(logit(p))
+    try:
+        yield posterior
+    finally:
+        with torch.no_grad():
+            for pl, lg in zip(posterior, saved):
+                pl.dropout.logit.copy_(lg)
 
 
 def summary(xs: list[float]) -> dict:
@@ -48,7 +54,7 @@ def summary(xs: list[float]) -> dict:
 
 
 def one_run(run_dir: Path, candidates: int) -> dict:
-    state_cfg = json.loads((run_dir / "summary.json").read_text())
+    search_summary = json.loads((run_dir / "summary.json").read_text())
     cfg, model, post, _ = rebuild_supernet(run_dir)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed)
     xv, yv = data.eval_tensors("val")
@@ -58,17 +64,18 @@ def one_run(run_dir: Path, candidates: int) -> dict:
     out = {"run": str(run_dir), "seed": cfg.seed, "mean_p": pbar, "init_p": cfg.init_p,
            "group_p": summary(group_p), "groups_above_0.2": sum(p > 0.2 for p in group_p),
            "groups_below_0.02": sum(p < 0.02 for p in group_p), "groups": len(group_p),
-           "supernet_val_acc": correct_counts(model, post, [{n: torch.ones_like(m) for n, m in draw(post, 0, 0, None).items()}],
+           "supernet_val_acc": correct_counts(model, post, [{pl.name: torch.ones(pl.dropout.num_channels, dtype=torch.bool) for pl in post}],
                                               xv, yv, tile=1, batch_size=500)[0] / len(yv)}
-    for arm, uni in (("learned_p", None), ("uniform_p", pbar)):
-        masks = [draw(post, i, cfg.seed, uni) for i in range(candidates)]
+    for arm, ctx in (("learned_p", nullcontext()), ("uniform_p", uniform_p(post, pbar))):
+        with ctx:
+            masks = [post.sample_candidate(i, cfg.seed) for i in range(candidates)]
         acc = [c / len(yv) for c in correct_counts(model, post, masks, xv, yv, tile=8, batch_size=500)]
         best = max(range(candidates), key=lambda i: (acc[i], -i))
         test = correct_counts(model, post, [masks[best]], xt, yt, tile=1, batch_size=500)[0] / len(yt)
         kept = [post.candidate_stats(m)["kept_fraction"] for m in masks]
         out[arm] = {"val_acc": summary(acc), "winner_test_error": 1 - test, "kept_fraction": summary(kept),
                     "winner_params": post.candidate_stats(masks[best])["params"]}
-    out["selected_in_search"] = state_cfg.get("selected", {}).get("index")
+    out["selected_in_search"] = search_summary.get("selected", {}).get("index")
     return out
 
 
@@ -76,6 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", default=sorted(str(p) for p in (HERE / "runs" / "guided_vs_random").glob("guided-s*")))
     ap.add_argument("--candidates", type=int, default=60)
+    ap.add_argument("--out", default=str(HERE / "results" / "guided_ablation.json"))
     args = ap.parse_args()
     if not args.runs:
         raise SystemExit("guided_ablation: no guided runs; run benchmarks/guided_vs_random.py first")
@@ -98,8 +106,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "wall_seconds": time.time() - t0,
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "guided_ablation.json").write_text(json.dumps(out, indent=2) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "per_run"}, indent=2))
 
 
