@@ -92,3 +92,81 @@ def test_bn_recalibration_estimates_candidate_statistics_and_restores_the_supern
     assert scorer.tile == 1 and all(0 <= r["val_acc"] <= 1 for r in recs)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bn_recalibrated_network_is_the_one_reported_and_exported(tmp_path):
+    from torch import nn
+
+    from pgnas.data import load_dataset
+    from pgnas.export import load_model
+    from pgnas.search.select import accuracy, candidate_bn
+
+    cfg = pgnas.SearchConfig(supernet="shake-shake-8-2x16d", epochs=2, candidates=3, top_k=2, bn_recalibrate=2,
+                             out=str(tmp_path / "run"))
+    res = pgnas.search(cfg, progress=False)
+    model, post, sel = res.model, res.posterior, res.selected
+    data = load_dataset("digits")
+    cpu = torch.device("cpu")
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))  # left as it was
+    masks = post.sample_candidate(sel["index"], cfg.seed)
+    x = data.eval_tensors("test")[0][:64]
+    with torch.no_grad():
+        post.set_candidate(masks)
+        plain = model.eval()(x)
+        post.clear_candidate()
+        with candidate_bn(model, post, masks, data, 2, cfg.batch_size, cpu):
+            post.set_candidate(masks)
+            recal = model(x)
+            test_acc = accuracy(model, data, "test", 500, cpu)
+            post.clear_candidate()
+        assert torch.allclose(model(x), model(x))  # the super-network's statistics are back
+    assert not torch.allclose(plain, recal, atol=1e-3)  # re-estimation changes the network
+    assert sel["test_acc"] == test_acc
+    exported = load_model(res.run_dir / "model.pt")
+    assert torch.allclose(exported(x), recal, rtol=1e-4, atol=1e-4)
+
+
+def test_resume_with_other_scoring_rescores_every_candidate(tmp_path):
+    import json
+
+    cfg = pgnas.SearchConfig(supernet="shake-shake-8-2x16d", epochs=1, candidates=3, top_k=1, out=str(tmp_path / "run"))
+    first = pgnas.search(cfg, progress=False)
+    again = pgnas.resume(cfg.out, bn_recalibrate=2, progress=False)
+    assert again.summary["scoring"]["bn_recalibrate"] == 2
+    assert json.loads((first.run_dir / "scoring.json").read_text())["bn_recalibrate"] == 2
+    from pgnas.data import load_dataset
+
+    scorer = CandidateScorer(again.model, again.posterior, load_dataset("digits"), seed=0, device=torch.device("cpu"),
+                             bn_recalibrate=2, train_batch_size=cfg.batch_size)
+    assert [r["val_acc"] for r in again.candidates] == [r["val_acc"] for r in scorer.exhaustive(range(3))]
+    assert [r["val_acc"] for r in again.candidates] != [r["val_acc"] for r in first.candidates]
+
+
+def test_selection_never_reads_the_test_split(trained):
+    from pgnas.data import load_dataset
+
+    res, _ = trained
+
+    class NoTest:
+        def __init__(self, data):
+            self.data = data
+
+        def __getattr__(self, name):
+            return getattr(self.data, name)
+
+        def eval_batches(self, split, *a, **kw):
+            if split != "val":
+                raise AssertionError(f"selection read the {split} split")
+            return self.data.eval_batches(split, *a, **kw)
+
+        def eval_tensors(self, split, *a, **kw):
+            if split != "val":
+                raise AssertionError(f"selection read the {split} split")
+            return self.data.eval_tensors(split, *a, **kw)
+
+    data = NoTest(load_dataset("digits"))
+    scorer = CandidateScorer(res.model, res.posterior, data, seed=1, device=torch.device("cpu"), tile=3)
+    assert len(scorer.exhaustive(range(5))) == 5
+    assert len(scorer.race(range(9), rungs=2)) == 9
+    with pytest.raises(AssertionError, match="test split"):
+        list(data.eval_batches("test", 10))

@@ -88,3 +88,62 @@ def test_corrupt_file_named_or_skipped(tmp_path):
     d = load_dataset("imagenet", data_dir=str(root), val_size=3, image_size=16, workers=0, skip_bad=True)
     ys = torch.cat([y for _, y in d.eval_batches("test", 4)])
     assert ys.tolist() == [0, 0, 1, 2, 2] and d.skipped == 1 and d.describe_split()["skipped"] == 1
+
+
+# ---------------------------------------------------------------- searching on a streamed data set
+def _run(*args: str, procs: int = 1):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    head = [sys.executable, "-m", "pgnas"] if procs == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m", "pgnas"]
+    proc = subprocess.run([*head, *args], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _scores(run):
+    import json
+
+    return [(r["index"], r["val_acc"]) for r in map(json.loads, (run / "candidates.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_imagenet_search_and_sample_end_to_end(tmp_path, procs):
+    import json
+
+    root = make_ilsvrc(tmp_path / "ilsvrc", per_class=(8, 2))
+    run = tmp_path / "run"
+    common = ["--dataset", "imagenet", "--data-dir", str(root), "--image-size", "16", "--val-size", "6"]
+    _run("search", *common, "--supernet", "shake-shake-8-2x16d", "--epochs", "1", "--candidates", "3", "--batch-size", "4",
+         "--eval-batch-size", "4", "--top-k", "2", "--quiet", "--out", str(run), procs=procs)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["splits"] == {"train": 18, "val": 6, "test": 6} and summary["world_size"] == procs
+    assert len(_scores(run)) == 3 and (run / "model.pt").is_file()
+    _run("sample", str(run), "--candidates", "5", "--quiet", "--out", str(tmp_path / "s"), procs=procs)
+    _run("sample", str(run), "--candidates", "5", "--race", "--race-rungs", "2", "--quiet", "--out", str(tmp_path / "r"), procs=procs)
+    # candidate i of the sample is the search's candidate i, scored on the same images
+    assert _scores(tmp_path / "s")[:3] == _scores(run)
+    assert len(_scores(tmp_path / "r")) == 5
+
+
+def test_scoring_streamed_and_decoded_once_agree(tmp_path):
+    import pgnas
+    from pgnas.search.select import CandidateScorer
+
+    root = make_ilsvrc(tmp_path / "ilsvrc", per_class=(8, 4))
+    d = load_dataset("imagenet", data_dir=str(root), val_size=9, image_size=16, workers=0)
+    torch.manual_seed(0)
+    model = pgnas.get_supernet("shake-shake-8-2x16d").build(3, 3)
+    post = pgnas.instrument(model, init_p=0.4)
+    model.eval()
+    scores = []
+    for cache in (1 << 30, 0):  # decoded once and kept / read from the files every time
+        d.eval_cache_bytes = cache
+        d._decoded.clear()
+        scorer = CandidateScorer(model, post, d, seed=1, device=torch.device("cpu"), batch_size=8, tile=3)
+        scores.append(([r["val_acc"] for r in scorer.exhaustive(range(7))], [r["val_acc"] for r in scorer.race(range(7), rungs=2)]))
+        assert ("val" in d._decoded) == bool(cache)
+    assert scores[0] == scores[1]

@@ -127,3 +127,27 @@ def test_embedded_default_reaches_95_percent(tmp_path):
     res = pgnas.search(pgnas.SearchConfig(out=str(tmp_path / "run")), progress=False)
     assert res.selected["test_acc"] >= 0.95
     assert res.summary["num_candidates"] == 100
+
+
+def test_default_n_of_the_kl_term():
+    from pgnas.search.pipeline import default_n_data
+
+    assert default_n_data("cifar10", 45_000) == 5e5  # the paper's, not 10 x the 45k left after validation
+    assert default_n_data("cifar100", 45_000) == 5e5
+    assert default_n_data("imagenet", 1_271_167) == 1.2e6  # not 10 x 1.27M
+    assert default_n_data("cifar10", 10_000, train_subset=10_000) == 1e5  # a subset: 10 x what is trained on
+    assert default_n_data("digits", 1_437) == 14_370
+    assert default_n_data("imagefolder", 5_000) == 50_000
+
+
+def test_optimizer_holds_the_p_logits_and_applies_no_weight_decay(tmp_path, small_config):
+    from pgnas.search.pipeline import build_run
+    from pgnas.search.train import PosteriorTrainer
+
+    run = build_run(small_config(tmp_path))
+    t = PosteriorTrainer(run.model, run.posterior, run.data, run.cfg, device=run.device, augment=run.augment,
+                         lambda_w=50.0, n_data=1e4)
+    held = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in held for p in run.posterior.parameters()) and run.posterior.parameters()
+    assert all(id(p) in held for p in run.model.parameters())
+    assert all(g["weight_decay"] == 0 for g in t.optimizer.param_groups)

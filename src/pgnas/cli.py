@@ -40,7 +40,7 @@ _HELP = {
     "candidates": "number of candidates to sample and rank",
     "posterior": "'learned' (PGNAS) or 'fixed:P' (random baseline with drop rate P)",
     "lambda_w": "weight prior l^2 (default: the super-network's, paper section 3)",
-    "n_data": "N of the KL term (default: 10 x training-set size)",
+    "n_data": "N of the KL term (default: 5e5 for cifar10/cifar100, 1.2e6 for imagenet, else 10 x training images)",
     "val_size": "held-out validation split: a fraction (<1) or a count",
     "out": "results folder (default: runs/<supernet>-<dataset>-<time>)",
     "device": "auto, cpu or cuda[:N]",
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--bn-recalibrate", dest="bn_recalibrate", type=int, default=None, help="BN re-estimation batches per candidate")
     sm.add_argument("--device", default=None)
     sm.add_argument("--force", action="store_true", help="replace an existing output folder")
+    sm.add_argument("--resume", action="store_true", help="continue an interrupted sample in --out from its scored candidates")
     sm.add_argument("--quiet", action="store_true", help="no progress bars")
 
     rp = sub.add_parser("report", help="plots and a Markdown/HTML summary of finished runs")
@@ -171,7 +172,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     keys = ("top_k", "eval_tile", "eval_batch_size", "race", "race_eta", "race_rungs", "bn_recalibrate", "device")
     result = sample(
-        args.run_dir, candidates=args.candidates, out=args.out, seed=args.seed, force=args.force,
+        args.run_dir, candidates=args.candidates, out=args.out, seed=args.seed, force=args.force, resume=args.resume,
         progress=not args.quiet, **{k: getattr(args, k) for k in keys},
     )
     if result.summary.get("world_size", 1) == 1 or _rank() == 0:
@@ -342,6 +343,23 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's shutdown
+        return status
+    except BrokenPipeError:
+        # the reader went away (`pgnas ... | head`): end quietly, as a shell tool would
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    from pgnas.search.signals import exit_status
+    from pgnas.search.train import Stopped
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -349,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
+    except Stopped as exc:
+        print(f"pgnas {args.command}: {exc}", file=sys.stderr)
+        return exit_status(exc.signum)
     except PgnasError as exc:
         print(f"pgnas {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -40,7 +40,7 @@ class SearchConfig:
     posterior: str = "learned"  # "learned", or "fixed:P" for the random baseline (Bender et al.)
     lambda_w: float | None = None  # weight prior l^2; None: the super-network's default
     lambda_p: float = 1.0
-    n_data: float | None = None  # N in the KL term; None: 10 x training-set size (5e5 for CIFAR)
+    n_data: float | None = None  # N in the KL term; None: the paper's for cifar10/100 (5e5) and imagenet (1.2e6), else 10 x training images
     # data
     val_size: float | None = None  # fraction (<1) or count (>=1) of train held out; None: data set default
     split_seed: int = 0
@@ -65,6 +65,7 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False  # torch.compile the training step's model (GPU runs)
+    checkpoint_minutes: float = 10.0  # also checkpoint inside an epoch this often; 0: at epoch ends only
     out: str | None = None
 
     # ------------------------------------------------------------------ validation
@@ -82,6 +83,7 @@ class SearchConfig:
         need(isinstance(self.race_eta, int) and self.race_eta >= 2, f"race_eta must be >= 2, got {self.race_eta!r}")
         need(isinstance(self.race_rungs, int) and self.race_rungs >= 1, f"race_rungs must be >= 1, got {self.race_rungs!r}")
         need(isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
+        need(_finite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, f"checkpoint_minutes must be >= 0, got {self.checkpoint_minutes!r}")
         need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(_finite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip!r}")

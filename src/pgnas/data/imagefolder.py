@@ -230,8 +230,16 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. under SLURM or taskset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(cap: int = 8) -> int:
+    return max(1, min(cap, usable_cpus()))
 
 
 def decode_all(

@@ -16,6 +16,7 @@ with ``skip_bad`` a skip, counted in ``skipped``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -25,10 +26,9 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from pgnas.data.augment import AugmentSpec, cutout, random_flip
-from pgnas.data.autoaugment import autoaugment
+from pgnas.data.augment import AugmentSpec, EpochDraws
 from pgnas.data.imagefolder import default_workers, find_tree_root, parse_layout, scan_tree
 from pgnas.data.splits import stratified_split
 from pgnas.errors import PgnasError
@@ -37,6 +37,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CROP = 224
 DEFAULT_AUGMENT = AugmentSpec(crop_pad=0, flip=True, cutout=0)
+EVAL_CACHE_BYTES = 8 << 30  # decode an evaluation split once and keep it when it is at most this big
 
 
 def random_resized_crop_box(width: int, height: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
@@ -104,6 +105,19 @@ class ImageFiles(Dataset):
             return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), -1, i, f"{self.paths[i]} ({msg})"
 
 
+class _Batches:
+    """A batch sampler whose batches the stream replaces before each pass (persistent workers)."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class ImageNetStream:
     """The :class:`~pgnas.data.TensorSplits` interface over a streamed ImageFolder tree."""
 
@@ -141,9 +155,13 @@ class ImageNetStream:
         self.skip_bad = bool(skip_bad)
         self.skipped = 0
         self.skipped_files: list[str] = []
-        self.workers = default_workers() if workers is None else int(workers)
+        self.workers = default_workers(32) if workers is None else int(workers)
         self.source = str(root)
         self.info = {"cache": None, "cache_hit": False, "streamed": True, "ignored_files": layout.ignored}
+        self.eval_cache_bytes = EVAL_CACHE_BYTES
+        self._decoded: dict[str, tuple[Tensor, Tensor]] = {}
+        self._norm: dict = {}
+        self._loaders: dict = {}
 
     # ------------------------------------------------------------------ facts
     @property
@@ -172,9 +190,24 @@ class ImageNetStream:
         return self  # streamed: batches move to the device as they are drawn
 
     # ------------------------------------------------------------------ batches
-    def _loader(self, ds: ImageFiles, keys: list[list[tuple[int, int]]]) -> DataLoader:
-        return DataLoader(ds, batch_sampler=keys, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
-                          multiprocessing_context="fork" if self.workers and os.name == "posix" else None)
+    def _loader(self, ds: ImageFiles, keys: list[list[tuple[int, int]]]):
+        """Batches of ``keys`` decoded by this split's DataLoader. One DataLoader per split, made
+        once with persistent workers (``workers`` processes: the CPU count by default, at most 32),
+        so an epoch does not start new processes; each call only hands it new batches of keys."""
+        if self.workers == 0:
+            for batch in keys:
+                yield default_collate([ds[k] for k in batch])
+            return
+        name = id(ds)
+        if name not in self._loaders:
+            sampler = _Batches()
+            loader = DataLoader(ds, batch_sampler=sampler, num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+                                persistent_workers=True, prefetch_factor=4,
+                                multiprocessing_context="fork" if os.name == "posix" else None)
+            self._loaders[name] = (sampler, loader)
+        sampler, loader = self._loaders[name]
+        sampler.batches = keys
+        yield from loader
 
     def _checked(self, x: Tensor, y: Tensor, errors) -> tuple[Tensor, Tensor]:
         bad = [e for e in errors if e]
@@ -188,40 +221,81 @@ class ImageNetStream:
         return x[keep], y[keep]
 
     def normalise(self, x: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float() / 255.0 - mean) / std
+        key = x.device
+        if key not in self._norm:
+            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            self._norm[key] = (1.0 / (255.0 * std), -mean / std)
+        scale, shift = self._norm[key]
+        return x.float() * scale + shift
 
     def train_batches(self, batch_size: int, generator: torch.Generator, device="cpu", augment: AugmentSpec | None = None,
-                      *, rank: int = 0, world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
-        """One epoch of batches decoded by the workers. Under data parallelism every rank passes an
-        identically seeded ``generator`` and decodes only its 1/world_size share of each global
-        batch (a distributed sampler over the same global order)."""
+                      *, rank: int = 0, world_size: int = 1, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of batches decoded by the workers, from batch ``start`` on. The epoch's order,
+        crops and augmentation come from ``generator``, drawn before the first batch. Under data
+        parallelism every rank passes an identically seeded ``generator`` and decodes only its
+        1/world_size share of each global batch (a distributed sampler over the same global order)."""
         spec = self.augment if augment is None else augment
         n = len(self._train)
         steps = self.steps_per_epoch(batch_size)
         perm = torch.randperm(n, generator=generator).tolist()
         seeds = torch.randint(0, 2**31 - 1, (steps * batch_size,), generator=generator).tolist()
+        draws = EpochDraws.draw(dataclasses.replace(spec, crop_pad=0), steps * batch_size, steps, self.image_size, generator, device)
         local = batch_size // world_size
-        keys = []
-        for s in range(steps):
+        keys, starts = [], []
+        for s in range(start, steps):
             lo = s * batch_size + rank * local
             keys.append(list(zip(perm[lo : lo + local], seeds[lo : lo + local])))
-        for x, y, _, err in self._loader(self._train, keys):
+            starts.append((lo, s))
+        for (x, y, _, err), (lo, s) in zip(self._loader(self._train, keys), starts):
             x, y = self._checked(x, y, err)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if spec.flip:
-                x = random_flip(x, generator)
-            if spec.autoaugment:
-                x = autoaugment(x, generator)
-            x = cutout(self.normalise(x), spec.cutout, generator)
+            x = draws.apply_uint8(x, spec, lo, s)
+            x = draws.apply_cutout(self.normalise(x), spec, lo)
             yield x, y
 
-    def eval_batches(self, split: str, batch_size: int, device="cpu") -> Iterator[tuple[Tensor, Tensor]]:
+    def _split(self, split: str) -> ImageFiles:
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-        ds = self._val if split == "val" else self._test
-        keys = [[(i, 0) for i in range(s, min(s + batch_size, len(ds)))] for s in range(0, len(ds), batch_size)]
+        return self._val if split == "val" else self._test
+
+    def _decoded_split(self, split: str) -> tuple[Tensor, Tensor] | None:
+        """The whole evaluation split decoded once (uint8, CPU memory) when it fits in
+        ``eval_cache_bytes``: candidate scoring reads the validation split once per round of
+        candidates, so it is decoded once instead of every round. Unreadable images (with
+        ``skip_bad``) have label -1 and are left out of the batches."""
+        ds = self._split(split)
+        if len(ds) * 3 * self.crop * self.crop > self.eval_cache_bytes:
+            return None
+        if split not in self._decoded:
+            xs, ys = [], []
+            keys = [[(i, 0) for i in range(s, min(s + 256, len(ds)))] for s in range(0, len(ds), 256)]
+            for x, y, _, err in self._loader(ds, keys):
+                if any(err):
+                    self._checked(x, y, err)  # raises naming the file, or counts the skips
+                xs.append(x)
+                ys.append(y)
+            self._decoded[split] = (torch.cat(xs), torch.cat(ys))
+        return self._decoded[split]
+
+    def eval_batches(self, split: str, batch_size: int, device="cpu", indices=None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Normalised batches of ``split`` in order, or of its images at ``indices`` in that order
+        (the same images in the same order every call)."""
+        ds = self._split(split)
+        order = list(range(len(ds))) if indices is None else [int(i) for i in torch.as_tensor(indices).tolist()]
+        cached = self._decoded_split(split)
+        if cached is not None:
+            x_all, y_all = cached
+            idx = torch.tensor(order, dtype=torch.long)
+            for s in range(0, len(idx), batch_size):
+                part = idx[s : s + batch_size]
+                x, y = x_all.index_select(0, part), y_all.index_select(0, part)
+                ok = y >= 0
+                if not bool(ok.all()):
+                    x, y = x[ok], y[ok]
+                yield self.normalise(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+            return
+        keys = [[(i, 0) for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
         for x, y, _, err in self._loader(ds, keys):
             x, y = self._checked(x, y, err)
             yield self.normalise(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)

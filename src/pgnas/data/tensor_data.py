@@ -14,8 +14,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from pgnas.data.augment import AugmentSpec, cutout, random_crop, random_flip
-from pgnas.data.autoaugment import autoaugment
+from pgnas.data.augment import AugmentSpec, EpochDraws
 from pgnas.data.splits import stratified_split
 
 
@@ -92,30 +91,31 @@ class TensorSplits:
         *,
         rank: int = 0,
         world_size: int = 1,
+        start: int = 0,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of shuffled, augmented, normalised batches (the last partial batch dropped,
-        unless the set is smaller than one batch).
+        unless the set is smaller than one batch), from batch ``start`` on.
 
-        Under data parallelism every rank passes an identically seeded ``generator``: all draw the
-        same global order and rank r takes its 1/world_size share of each global batch."""
+        The epoch's order and augmentation come from ``generator``, all drawn before the first
+        batch (one host-to-device copy an epoch), so an epoch started at batch ``start`` with an
+        identically seeded generator continues exactly where an interrupted one stopped. Under data
+        parallelism every rank passes an identically seeded ``generator``: all draw the same global
+        order and rank r takes its 1/world_size share of each global batch."""
         spec = self.augment if augment is None else augment
         n = len(self.train_y)
-        perm = torch.randperm(n, generator=generator)
         steps = self.steps_per_epoch(batch_size)
+        perm = torch.randperm(n, generator=generator).to(self.train_x.device)
+        draws = EpochDraws.draw(spec, max(n, steps * batch_size), steps, self.image_size, generator, device)
         scale, shift = self._normaliser(device)
         local = batch_size // world_size
-        for s in range(steps):
-            start = s * batch_size + rank * local
-            idx = perm[start : start + local].to(self.train_x.device)
+        for s in range(start, steps):
+            lo = s * batch_size + rank * local
+            idx = perm[lo : lo + local]
             x = self.train_x.index_select(0, idx).to(device, non_blocking=True)
             y = self.train_y.index_select(0, idx).to(device, non_blocking=True)
-            x = random_crop(x, spec.crop_pad, generator)
-            if spec.flip:
-                x = random_flip(x, generator)
-            if spec.autoaugment:
-                x = autoaugment(x, generator)
+            x = draws.apply_uint8(x, spec, lo, s)
             x = x.float() * scale + shift
-            x = cutout(x, spec.cutout, generator)  # on normalised data: the square is the mean
+            x = draws.apply_cutout(x, spec, lo)  # on normalised data: the square is the mean
             yield x, y
 
     def eval_tensors(self, split: str, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -129,8 +129,38 @@ class TensorSplits:
             self._eval_cache[key] = (self.normalise(x), y)
         return self._eval_cache[key]
 
-    def eval_batches(self, split: str, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
+    def eval_batches(
+        self, split: str, batch_size: int, device: torch.device | str = "cpu", indices: Tensor | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Normalised batches of ``split`` in order, or of its examples at ``indices`` in that order."""
         x, y = self.eval_tensors(split, device)
+        if indices is None:
+            for s in range(0, len(y), batch_size):
+                yield x[s : s + batch_size], y[s : s + batch_size]
+            return
+        idx = torch.as_tensor(indices, dtype=torch.long).to(y.device)
+        for s in range(0, len(idx), batch_size):
+            part = idx[s : s + batch_size]
+            yield x.index_select(0, part), y.index_select(0, part)
+
+
+class TensorBatches:
+    """Already normalised tensors (x, y) behind the ``eval_batches`` interface, as the "val" split
+    (for scoring candidates on tensors a caller holds)."""
+
+    def __init__(self, x: Tensor, y: Tensor):
+        self.x, self.y = x, y
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": 0, "val": len(self.y), "test": 0}
+
+    def eval_batches(self, split: str, batch_size: int, device=None, indices: Tensor | None = None):
+        if split != "val":
+            raise ValueError("TensorBatches holds one split, 'val'")
+        x, y = self.x, self.y
+        if indices is not None:
+            idx = torch.as_tensor(indices, dtype=torch.long).to(y.device)
+            x, y = x.index_select(0, idx), y.index_select(0, idx)
         for s in range(0, len(y), batch_size):
             yield x[s : s + batch_size], y[s : s + batch_size]
 

@@ -38,7 +38,9 @@ def description_path(model_path: Path) -> Path:
     return model_path.with_name(name + ".json")
 
 
-def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig) -> tuple[int, bool]:
+def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig, selected: bool | None = None) -> tuple[int, bool]:
+    if selected and isinstance(candidate, int):
+        return candidate, True
     summary_path = run_dir / "summary.json"
     best = None
     if summary_path.is_file():
@@ -62,17 +64,28 @@ def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig) -
     return index, index == best
 
 
+def run_config(run_dir: Path, state: dict | None = None) -> SearchConfig:
+    """The saved configuration of a results folder."""
+    if (Path(run_dir) / "config.toml").is_file():
+        return SearchConfig.from_toml(Path(run_dir) / "config.toml")
+    if state is None:
+        raise PgnasError(f"{run_dir} is not a pgnas results folder (no config.toml)")
+    return SearchConfig.from_dict(dict(state.get("config") or {}))
+
+
 def rebuild_supernet(run_dir: Path, data=None) -> tuple[SearchConfig, nn.Module, Posterior, dict[str, Any]]:
     """The trained, instrumented super-network of a results folder (on the CPU), with the
-    metadata of its data set (class names, normalisation, input shape)."""
+    metadata of its data set (class names, normalisation, input shape). ``data``: the run's data
+    set if the caller has it loaded already."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PgnasError(f"no results folder at {run_dir}")
     state = load_checkpoint(run_dir / "checkpoint.pt")
-    if (run_dir / "config.toml").is_file():
-        cfg = SearchConfig.from_toml(run_dir / "config.toml")
-    else:
-        cfg = SearchConfig.from_dict(dict(state.get("config") or {}))
+    cfg = run_config(run_dir, state)
+    if data is None:
+        from pgnas.search.pipeline import load_run_data
+
+        data = load_run_data(cfg)
     meta = data_meta(cfg, data)
     spec = get_supernet(cfg.supernet)
     model = spec.build(num_classes=len(meta["classes"]), in_channels=meta["input_shape"][0])
@@ -89,12 +102,8 @@ def rebuild_supernet(run_dir: Path, data=None) -> tuple[SearchConfig, nn.Module,
     return cfg, model.eval(), posterior, meta
 
 
-def data_meta(cfg: SearchConfig, data=None) -> dict[str, Any]:
+def data_meta(cfg: SearchConfig, data) -> dict[str, Any]:
     """Class names, normalisation and input shape of the run's data set."""
-    if data is None:
-        from pgnas.data import load_dataset
-
-        data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed)
     return {
         "dataset": cfg.dataset,
         "classes": list(data.classes),
@@ -126,14 +135,22 @@ def export_candidate(
     fmt: str = "pt",
     description_out: Path | None = None,
     force: bool = False,
+    bn_statistics=None,
 ) -> tuple[SlimResult, dict[str, Any]]:
-    """Slim ``masks`` of ``model`` and write the model file ``out`` plus its JSON description."""
+    """Slim ``masks`` of ``model`` and write the model file ``out`` plus its JSON description.
+    ``bn_statistics`` (data, batches, batch size): re-estimate the candidate's BN statistics first,
+    as the search did when it scored it with ``bn_recalibrate``."""
     if fmt not in FORMATS:
         raise PgnasError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     out = Path(out)
     desc_out = Path(description_out) if description_out else description_path(out)
     _check_writable([out, desc_out], force)
-    result = slim_model(model, masks, tuple(meta["input_shape"]))
+    from pgnas.search.select import candidate_bn
+
+    data, batches, batch_size = bn_statistics or (None, 0, 0)
+    device = next(model.parameters()).device
+    with candidate_bn(model, Posterior(model), masks, data, batches, batch_size, device):
+        result = slim_model(model, masks, tuple(meta["input_shape"]))
     description = {
         "format": DESCRIPTION_FORMAT,
         "version": 1,
@@ -170,6 +187,7 @@ def export_run(
     config: SearchConfig | None = None,
     data=None,
     on_error: str = "raise",
+    selected: bool | None = None,
 ) -> dict[str, Any] | None:
     """Export a candidate of the run in ``run_dir`` (``best``: the selected one).
 
@@ -180,11 +198,17 @@ def export_run(
     try:
         run_dir = Path(run_dir)
         if model is None or config is None:
+            if data is None:
+                from pgnas.search.pipeline import load_run_data
+
+                if not run_dir.is_dir():
+                    raise PgnasError(f"no results folder at {run_dir}")
+                data = load_run_data(run_config(run_dir))
             config, model, posterior, dmeta = rebuild_supernet(run_dir, data)
         else:
             dmeta = data_meta(config, data)
         posterior = posterior or Posterior(model)
-        index, selected = _resolve_candidate(run_dir, candidate, config)
+        index, selected = _resolve_candidate(run_dir, candidate, config, selected)
         meta = {"supernet": config.supernet, "run": str(run_dir), "candidate": index, "selected": selected, **dmeta}
         if out is None:
             out_path, desc_path = default_paths(run_dir, index, fmt, selected)
@@ -192,7 +216,8 @@ def export_run(
             out_path = Path(out)
             desc_path = description_path(out_path)
         masks = posterior.sample_candidate(index, config.seed)
-        result, _ = export_candidate(model, masks, meta, out_path, fmt=fmt, description_out=desc_path, force=force)
+        bn = (data, config.bn_recalibrate, config.batch_size) if config.bn_recalibrate else None
+        result, _ = export_candidate(model, masks, meta, out_path, fmt=fmt, description_out=desc_path, force=force, bn_statistics=bn)
     except Exception as exc:  # noqa: BLE001  (a finished search must not be lost to an export problem)
         if on_error != "warn":
             raise

@@ -66,6 +66,7 @@ class ChannelConcreteDropout(nn.Module):
         index = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         self.register_buffer("group_index", index, persistent=False)
         self.register_buffer("hard_mask", None, persistent=False)
+        self.alive: tuple[bool, ...] | None = None  # candidate mode: does candidate j keep any input?
 
     # ------------------------------------------------------------------ probabilities
     @property
@@ -92,32 +93,23 @@ class ChannelConcreteDropout(nn.Module):
 
         ``keep`` is (C_in,) for one candidate, or (K, C_in) for K candidates evaluated in one
         forward pass: the batch is then K tiles, tile j (rows j*B/K .. (j+1)*B/K - 1) masked by
-        candidate j.
+        candidate j. Whether each candidate keeps any input channel (``alive``) is decided here,
+        once, on the host, so candidate-mode forward passes never wait on the device.
         """
         if keep is None:
             self.hard_mask = None
+            self.alive = None
             return
         keep = torch.as_tensor(keep)
         keep = keep.reshape(1, -1) if keep.dim() <= 1 else keep.reshape(keep.shape[0], -1)
         if keep.shape[1] != self.num_channels:
             raise ValueError(f"candidate mask has {keep.shape[1]} channels, layer has {self.num_channels}")
+        self.alive = tuple(bool(a) for a in keep.detach().cpu().any(dim=1).tolist())
         self.hard_mask = keep.to(device=self.logit.device, dtype=torch.float32)
 
     @property
     def in_candidate_mode(self) -> bool:
         return self.hard_mask is not None
-
-    def op_alive(self) -> Tensor | None:
-        """In candidate mode, a (K,) bool tensor: does candidate j keep any input channel (is the
-        operation still there)? ``None`` outside candidate mode."""
-        if self.hard_mask is None:
-            return None
-        return self.hard_mask.any(dim=1)
-
-    @property
-    def all_dropped(self) -> bool:
-        """True in candidate mode when every candidate drops every input channel."""
-        return self.hard_mask is not None and not bool(self.hard_mask.any())
 
     # ------------------------------------------------------------------ forward
     def _view(self, mask: Tensor, x: Tensor) -> Tensor:
@@ -181,6 +173,7 @@ def per_input_channel_sq_norm(layer: nn.Module) -> Tensor:
 
 
 def bernoulli_neg_entropy(logit_: Tensor) -> Tensor:
-    """p log p + (1-p) log(1-p) with p = sigmoid(logit), computed stably."""
-    p = torch.sigmoid(logit_)
-    return p * F.logsigmoid(logit_) + (1 - p) * F.logsigmoid(-logit_)
+    """p log p + (1-p) log(1-p) with p = sigmoid(logit), computed stably and in few operations:
+    since log p - log(1-p) = logit and log(1-p) = -softplus(logit), it equals
+    ``p * logit - softplus(logit)``."""
+    return torch.sigmoid(logit_) * logit_ - F.softplus(logit_)

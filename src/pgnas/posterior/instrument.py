@@ -166,26 +166,28 @@ class Posterior:
 
         ``weight = sum_layers sum_k (1 - p_k) ||W[:, k]||^2 / N`` and
         ``entropy = sum_layers sum_k (p_k log p_k + (1 - p_k) log(1 - p_k)) / N``.
+
+        p is constant within a group, so both are sums over the p groups of all layers at once:
+        ``sum_g (1 - p_g) ||W[:, group g]||^2`` and ``sum_g size_g * negentropy(p_g)``, computed
+        on concatenated vectors in a few operations however many layers there are (a GPU step is
+        otherwise launch-bound on the KL term).
         """
-        weight = 0.0
-        entropy = 0.0
-        for pl in self:
-            d = pl.dropout
-            lg = d.channel_logit()
-            keep = torch.sigmoid(-lg)  # 1 - p
-            sq = per_input_channel_sq_norm(pl.layer)
-            weight = weight + (keep * sq.float()).sum()
-            if len(d.group_sizes) == 1:
-                entropy = entropy + d.num_channels * bernoulli_neg_entropy(d.logit).sum()
-            else:
-                sizes = torch.tensor(d.group_sizes, device=d.logit.device, dtype=torch.float32)
-                entropy = entropy + (sizes * bernoulli_neg_entropy(d.logit)).sum()
+        lay = self._kl_layout()
+        logits = torch.cat([pl.dropout.logit for pl in self])  # (G,) in group order
+        sq = lay.group_sq_norms()
+        weight = (torch.sigmoid(-logits) * sq).sum()
+        entropy = (lay.sizes(logits) * bernoulli_neg_entropy(logits)).sum()
         return weight / n_data, entropy / n_data
 
     def kl(self, lambda_w: float, lambda_p: float, n_data: float) -> Tensor:
         """``(lambda_w/N) sum (1-p)||W_k||^2 + (lambda_p/N) sum (p log p + (1-p) log(1-p))``."""
         weight, entropy = self.kl_terms(n_data)
         return lambda_w * weight + lambda_p * entropy
+
+    def _kl_layout(self) -> "_KLLayout":
+        if getattr(self, "_layout", None) is None:
+            self._layout = _KLLayout(list(self))
+        return self._layout
 
     # ------------------------------------------------------------------ summaries
     def probs(self) -> "OrderedDict[str, list[float]]":
@@ -262,6 +264,119 @@ class Posterior:
             "layers": per_layer,
             "removed_ops": [n for n, f in per_layer.items() if f == 0.0],
         }
+
+
+class _KLLayout:
+    """Where each p group's weights are: one vector of squared norms per step, in group order.
+
+    A layer with one group contributes ``||W||^2``; a layer with several groups (it reads a
+    concatenation) one ``||W[:, a:b]||^2`` per group, from views. The norms of all of them come
+    from one ``torch._foreach_norm`` call and their gradient from one ``torch._foreach_mul``
+    (:class:`_GroupSqNorms`). Grouped convolutions with several p groups (rare) fall back to a
+    per-channel computation.
+    """
+
+    def __init__(self, layers: list[PosteriorLayer]):
+        self.layers = layers
+        self.group_sizes = [s for pl in layers for s in pl.dropout.group_sizes]
+        self._sizes: dict = {}
+        self.fast: list[int] = []  # layers computed by _GroupSqNorms
+        self.slow: list[int] = []  # grouped convs with several p groups
+        for i, pl in enumerate(layers):
+            conv_groups = getattr(pl.layer, "groups", 1)
+            (self.slow if len(pl.dropout.group_sizes) > 1 and conv_groups > 1 else self.fast).append(i)
+        # backward: the group of every input channel of the fast layers with several groups,
+        # as a position in the fast layers' group vector
+        index, g = [], 0
+        for i in self.fast:
+            sizes = self.layers[i].dropout.group_sizes
+            if len(sizes) > 1:
+                for j, size in enumerate(sizes):
+                    index += [g + j] * size
+            g += len(sizes)
+        self._channel_index_cpu = torch.tensor(index, dtype=torch.long)
+        self._channel_index: dict = {}
+
+    def sizes(self, like: Tensor) -> Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._sizes:
+            self._sizes[key] = torch.tensor(self.group_sizes, dtype=like.dtype, device=like.device)
+        return self._sizes[key]
+
+    def channel_index(self, device) -> Tensor:
+        if device not in self._channel_index:
+            self._channel_index[device] = self._channel_index_cpu.to(device)
+        return self._channel_index[device]
+
+    def group_sq_norms(self) -> Tensor:
+        """(G,) squared norm of each p group's kernel slices, differentiable w.r.t. the weights."""
+        weights = [self.layers[i].layer.weight for i in self.fast]
+        fast = _GroupSqNorms.apply(self, *weights)
+        if not self.slow:
+            return fast
+        parts = {}
+        for i in self.slow:  # per-channel norms, summed per group
+            pl = self.layers[i]
+            sq = per_input_channel_sq_norm(pl.layer)
+            parts[i] = torch.stack([c.sum() for c in sq.split(list(pl.dropout.group_sizes))])
+        out, pos = [], 0
+        for i, pl in enumerate(self.layers):
+            n = len(pl.dropout.group_sizes)
+            if i in parts:
+                out.append(parts[i])
+            else:
+                out.append(fast[pos : pos + n])
+                pos += n
+        return torch.cat(out)
+
+    def views(self, weights: list[Tensor]) -> list[Tensor]:
+        """The kernel slices of every group of the fast layers, in group order (views)."""
+        out = []
+        for i, w in zip(self.fast, weights):
+            sizes = self.layers[i].dropout.group_sizes
+            if len(sizes) == 1:
+                out.append(w)
+            else:
+                out.extend(w.split(list(sizes), dim=1))
+        return out
+
+    def coefficients(self, coef: Tensor, weights: list[Tensor]) -> list[Tensor]:
+        """Per fast layer, ``coef`` (one value per group, in group order of the fast layers)
+        shaped to multiply its weight: a scalar, or one value per input channel."""
+        out = []
+        per_group = coef.unbind(0)
+        per_channel = coef[self.channel_index(coef.device)] if self._channel_index_cpu.numel() else None
+        g = c = 0
+        for i, w in zip(self.fast, weights):
+            sizes = self.layers[i].dropout.group_sizes
+            if len(sizes) == 1:
+                out.append(per_group[g])
+            else:
+                n = sum(sizes)
+                shape = [1] * w.dim()
+                shape[1] = n
+                out.append(per_channel[c : c + n].view(shape))
+                c += n
+            g += len(sizes)
+        return out
+
+
+class _GroupSqNorms(torch.autograd.Function):
+    """Squared norms of the weight slices of every p group: one foreach call forward, one back."""
+
+    @staticmethod
+    def forward(ctx, layout: _KLLayout, *weights: Tensor) -> Tensor:
+        ctx.layout = layout
+        ctx.save_for_backward(*weights)
+        norms = torch._foreach_norm(layout.views(list(weights)))
+        return torch.stack(norms).square()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weights = list(ctx.saved_tensors)
+        coef = (2.0 * grad).to(weights[0].dtype) if weights else grad
+        grads = torch._foreach_mul(weights, ctx.layout.coefficients(coef, weights))
+        return (None, *grads)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -51,7 +51,7 @@ def table_rows(runs: Sequence[RunRecord]) -> list[dict]:
             "slim params": _fmt_params(_slim(r, "params")),
             "slim MACs": _fmt_macs(_slim(r, "macs")),
             "super-net params": _fmt_params(s["supernet_params"]),
-            "search time": f"{secs.get('train', 0) + secs.get('sample', 0):.0f}s",
+            "search time": f"{s.get('training_seconds', secs.get('train', 0)) + secs.get('score', secs.get('sample', 0)):.0f}s",
         })
     return rows
 

@@ -13,12 +13,22 @@ def _params(n: float) -> str:
     return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{int(n):,}"
 
 
+STAGES = (("data", "data"), ("train", "training"), ("score", "scoring"), ("test", "test evaluation"), ("export", "export"),
+          ("other", "other"))
+
+
+def format_seconds(seconds: dict[str, float]) -> str:
+    """The stages of one command with their seconds, adding up to its wall time."""
+    parts = [f"{label} {seconds[key]:.1f}s" for key, label in STAGES if seconds.get(key)]
+    return ", ".join(parts) + f" = {seconds.get('total', sum(seconds.values())):.1f}s"
+
+
 def format_summary(summary: dict[str, Any], run_dir: str | None = None) -> str:
     sel = summary["selected"]
     cand = summary["candidate_val_acc"]
     lines = [
         "",
-        f"pgnas search: {summary['supernet']} on {summary['dataset']}  "
+        f"pgnas {summary.get('command', 'search')}: {summary['supernet']} on {summary['dataset']}  "
         f"(posterior {summary['posterior']['mode']}, mean p {summary['posterior']['mean_p']:.3f}, "
         f"{summary['epochs']} epochs, {summary['num_candidates']} candidates)",
         "",
@@ -38,7 +48,7 @@ def format_summary(summary: dict[str, Any], run_dir: str | None = None) -> str:
         f"range {_pct(cand['min']).strip()} - {_pct(cand['max']).strip()}",
         f"selected: candidate {sel['index']} (val {_pct(sel['val_acc']).strip()}, test {_pct(sel['test_acc']).strip()}, "
         f"{_params(sel['params'])} params, {sel.get('removed_ops', 0)} operations removed)",
-        f"time: training {summary['seconds']['train']:.1f}s, sampling {summary['seconds']['sample']:.1f}s on {summary['device']}",
+        f"time: {format_seconds(summary['seconds'])} on {summary['device']}",
     ]
     exp = summary.get("export")
     if exp:

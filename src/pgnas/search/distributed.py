@@ -61,6 +61,19 @@ def broadcast_object(obj: Any, d: Dist, src: int = 0) -> Any:
     return box[0]
 
 
+def broadcast_module(module, d: Dist, src: int = 0) -> None:
+    """Make every rank's parameters and buffers those of rank ``src`` (BN running statistics drift
+    apart under DDP, which averages gradients, not statistics)."""
+    if not d.enabled:
+        return
+    import torch
+
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            if isinstance(t, torch.Tensor):
+                dist.broadcast(t, src=src)
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

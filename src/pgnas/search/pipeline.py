@@ -22,18 +22,42 @@ from pgnas.config import SearchConfig
 from pgnas.data import load_dataset
 from pgnas.errors import PgnasError
 from pgnas.posterior import Posterior, count_parameters, instrument
-from pgnas.search.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from pgnas.search.distributed import Dist, barrier, init_from_env
-from pgnas.search.select import CandidateScorer, accuracy, rank, read_candidates
-from pgnas.search.train import PosteriorTrainer
+from pgnas.search.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    load_resume_checkpoint,
+    previous_path,
+    save_checkpoint,
+)
+from pgnas.search.distributed import Dist, barrier, broadcast_module, gather_objects, init_from_env
+from pgnas.search.select import CandidateScorer, accuracy, candidate_bn, rank, read_candidates
+from pgnas.search.signals import StopRequests
+from pgnas.search.train import PosteriorTrainer, Stopped, TrainControl
 from pgnas.supernets import get_supernet
 
 # Files a search owns in its results folder (--force removes these and nothing else).
-RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.jsonl", "candidates.jsonl", "summary.json", "split.json", "model.pt", "model.json")
+RUN_FILES = (
+    "config.toml", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "candidates.jsonl", "scoring.json",
+    "summary.json", "split.json", "model.pt", "model.json",
+)
+# What selection writes: it belongs to one trained posterior, so training more makes it stale.
+SELECTION_FILES = ("candidates.jsonl", "scoring.json", "summary.json", "model.pt", "model.json")
 # Settings that may change when a run is resumed; every other one must match the saved run.
 RESUME_MUTABLE = frozenset(
-    {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "out", "data_cache"}
+    {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "out",
+     "data_cache", "checkpoint_minutes"}
 )
+# The paper's N (the KL term's data-set size) for the named data sets it used (method section 3).
+PAPER_N_DATA = {"cifar10": 5e5, "cifar100": 5e5, "imagenet": 1.2e6}
+
+
+def default_n_data(dataset: str, train_images: int, train_subset: int | None = None) -> float:
+    """N of the KL term when the configuration leaves it open: the paper's value for CIFAR-10/100
+    (5e5) and ImageNet (1.2e6) trained on their whole training split; otherwise 10 x the number of
+    training images (the paper's CIFAR rule, 10 x 50k, "because of data augmentation")."""
+    if dataset in PAPER_N_DATA and not train_subset:
+        return PAPER_N_DATA[dataset]
+    return 10.0 * train_images
 
 
 @dataclass
@@ -65,6 +89,7 @@ class Run:
     augment: Any
     device: torch.device
     dist: Dist
+    data_seconds: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,9 +145,10 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
 
 
 def _progress(enabled: bool, **kw):
+    """A progress bar on stderr when it is a terminal (a log file gets the one-line summaries)."""
     from tqdm.auto import tqdm
 
-    return tqdm(disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kw)
+    return tqdm(disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, file=sys.stderr, **kw)
 
 
 def build_run(cfg: SearchConfig) -> Run:
@@ -132,19 +158,16 @@ def build_run(cfg: SearchConfig) -> Run:
     d = init_from_env(device.type)
     if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
-    data = load_dataset(
-        cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download,
-        data_cache=cfg.data_cache, skip_bad=cfg.skip_bad, image_size=cfg.image_size,
-    )
-    if cfg.train_subset:
-        data = _train_subset(data, cfg.train_subset, cfg.split_seed)
+    t0 = time.perf_counter()
+    data = load_run_data(cfg)
+    data_seconds = time.perf_counter() - t0
     augment = dataclasses.replace(
         data.augment,
         **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout", "autoaugment") if getattr(cfg, k) is not None},
     )
     cfg = cfg.replace(
         lambda_w=spec.lambda_w if cfg.lambda_w is None else cfg.lambda_w,
-        n_data=float(10 * data.sizes()["train"]) if cfg.n_data is None else cfg.n_data,
+        n_data=default_n_data(cfg.dataset, data.sizes()["train"], cfg.train_subset) if cfg.n_data is None else cfg.n_data,
     )
     torch.manual_seed(cfg.seed)
     model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
@@ -160,7 +183,18 @@ def build_run(cfg: SearchConfig) -> Run:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         data.to(device)
-    return Run(cfg, spec, data, model, posterior, augment, device, d)
+    return Run(cfg, spec, data, model, posterior, augment, device, d, data_seconds)
+
+
+def load_run_data(cfg: SearchConfig):
+    """The data set of a run as its search used it (splits, and the training subset if any)."""
+    data = load_dataset(
+        cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, download=cfg.download,
+        data_cache=cfg.data_cache, skip_bad=cfg.skip_bad, image_size=cfg.image_size,
+    )
+    if cfg.train_subset:
+        data = _train_subset(data, cfg.train_subset, cfg.split_seed)
+    return data
 
 
 def _train_subset(data, size: int, seed: int):
@@ -186,10 +220,13 @@ def search(
 ) -> SearchResult:
     """Run a posterior-guided search and return its :class:`SearchResult`.
 
-    ``resume=True`` continues the run in ``config.out`` from its last checkpoint (losing at most
-    the epoch in progress) and its already scored candidates. ``force=True`` replaces the pgnas
-    files of an existing results folder.
+    ``resume=True`` continues the run in ``config.out`` from its last checkpoint (written every
+    ``checkpoint_minutes`` and at every epoch end, so a kill loses at most that much training) and
+    its already scored candidates. ``force=True`` replaces the pgnas files of an existing results
+    folder. SIGTERM or Ctrl-C stops it after the current step with a checkpoint written
+    (:class:`~pgnas.search.train.Stopped`).
     """
+    t_start = time.perf_counter()
     if isinstance(config, dict):
         config = SearchConfig.from_dict(config)
     cfg = (config or SearchConfig()).replace()
@@ -205,7 +242,8 @@ def search(
             if f.name not in RESUME_MUTABLE and getattr(saved, f.name) != getattr(cfg, f.name):
                 raise PgnasError(f"--resume: {f.name} = {getattr(cfg, f.name)!r} differs from the run's saved {getattr(saved, f.name)!r}")
     ckpt_path = run_dir / "checkpoint.pt"
-    state = load_checkpoint(ckpt_path) if (resume and ckpt_path.exists()) else None
+    has_ckpt = ckpt_path.exists() or previous_path(ckpt_path).exists()
+    state = load_resume_checkpoint(ckpt_path) if (resume and has_ckpt) else None
     trainer = PosteriorTrainer(
         run.model, run.posterior, run.data, cfg, device=run.device, augment=run.augment,
         lambda_w=cfg.lambda_w, n_data=cfg.n_data, aux_weight=run.spec.aux_weight, dist=run.dist,
@@ -214,6 +252,7 @@ def search(
         if state.get("supernet") != cfg.supernet:
             raise PgnasError(f"checkpoint {ckpt_path} is of super-network {state.get('supernet')!r}, not {cfg.supernet!r}")
         trainer.load_state_dict(state)
+    to_train = trainer.epoch < cfg.epochs
 
     # ---- the results folder
     metrics_path = run_dir / "metrics.jsonl"
@@ -222,6 +261,9 @@ def search(
         if force:
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
+        if resume and to_train:  # scores of other weights than the ones training will end with
+            for name in SELECTION_FILES:
+                (run_dir / name).unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.toml", cfg.to_toml())
         atomic_write_text(run_dir / "split.json", json.dumps({"dataset": cfg.dataset, **run.data.describe_split()}) + "\n")
         _truncate_metrics(metrics_path, trainer.epoch)
@@ -229,30 +271,83 @@ def search(
 
     # ---- posterior training
     train_seconds = float(state.get("train_seconds", 0.0)) if state else 0.0
-    for _ in range(trainer.epoch, cfg.epochs):
-        bar = _progress(progress, total=trainer.steps_per_epoch, desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", leave=False, unit="step")
-        try:
-            metrics = trainer.train_epoch(bar)
-        except PgnasError as exc:
-            raise PgnasError(f"{exc} ({ckpt_path})") from None
-        finally:
-            bar.close()
-        train_seconds += metrics["seconds"]
-        if main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            save_checkpoint(ckpt_path, {"supernet": cfg.supernet, "config": _plain(cfg.to_dict()), "train_seconds": train_seconds, **trainer.state_dict()})
-        barrier(run.dist)
-        if progress:
-            _log(
-                f"epoch {metrics['epoch']:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  ce {metrics['ce']:.4f}  "
-                f"kl {metrics['kl']:.4f}  train acc {metrics['train_acc']:.4f}  mean p {metrics['mean_p']:.4f}  "
-                f"{metrics['seconds']:.1f}s"
-            )
-        if on_epoch_end is not None:
-            on_epoch_end(metrics)
 
-    return _select_and_report(run, run_dir, resume=resume, progress=progress, train_seconds=train_seconds)
+    def write_checkpoint(st: dict) -> None:
+        if main:
+            save_checkpoint(ckpt_path, {"supernet": cfg.supernet, "config": _plain(cfg.to_dict()), "train_seconds": train_seconds, **st})
+
+    if to_train and progress:
+        _log(f"training {cfg.supernet} on {cfg.dataset} for {cfg.epochs} epochs ({trainer.steps_per_epoch} steps each) on {run.device}"
+             + (f", resuming at epoch {trainer.epoch + 1} batch {trainer.batch}" if state is not None else ""))
+    with StopRequests() as stop:
+        control = _Control(stop, cfg.checkpoint_minutes, write_checkpoint)
+        for _ in range(trainer.epoch, cfg.epochs):
+            bar = _progress(progress, total=trainer.steps_per_epoch, initial=trainer.batch,
+                            desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", leave=False, unit="step")
+            try:
+                metrics = trainer.train_epoch(bar, control)
+            except Stopped as exc:
+                raise _stopped(exc, f"training: {exc}; checkpoint written to {ckpt_path}", run_dir, "search") from None
+            except PgnasError as exc:
+                raise PgnasError(f"{exc} ({ckpt_path})") from None
+            finally:
+                bar.close()
+            train_seconds += metrics["seconds"]
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            write_checkpoint(trainer.state_dict())
+            control.saved()
+            barrier(run.dist)
+            if progress:
+                _log(
+                    f"epoch {metrics['epoch']:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  ce {metrics['ce']:.4f}  "
+                    f"kl {metrics['kl']:.4f}  train acc {metrics['train_acc']:.4f}  mean p {metrics['mean_p']:.4f}  "
+                    f"{metrics['seconds']:.1f}s"
+                )
+            if on_epoch_end is not None:
+                on_epoch_end(metrics)
+            if trainer.stop_after_epoch:
+                exc = Stopped(f"stopped after epoch {trainer.epoch}", stop.signum)
+                raise _stopped(exc, f"training: {exc}; checkpoint written to {ckpt_path}", run_dir, "search")
+        timings = {"data": run.data_seconds, "train": train_seconds if to_train else 0.0}
+        return _select_and_report(run, run_dir, resume=resume, progress=progress, train_seconds=train_seconds, stop=stop,
+                                  t_start=t_start, timings=timings, command="search")
+
+
+class _Control(TrainControl):
+    """Mid-epoch checkpoints every ``minutes`` (0: epoch ends only) and stop requests."""
+
+    def __init__(self, stop: StopRequests, minutes: float, write: Callable[[dict], None]):
+        self.stop, self.interval, self.write = stop, 60.0 * float(minutes), write
+        self.last = time.monotonic()
+
+    @property
+    def signum(self) -> int:
+        return self.stop.signum
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop.requested
+
+    def poll(self) -> tuple[bool, bool]:
+        due = self.interval > 0 and time.monotonic() - self.last >= self.interval
+        return due, self.stop.requested
+
+    def save(self, state: dict) -> None:
+        self.write(state)
+        self.saved()
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+def _stopped(exc: Stopped, what: str, run_dir: Path, command: str) -> Stopped:
+    import signal as _signal
+
+    name = _signal.Signals(exc.signum).name if exc.signum else "request"
+    how = f"pgnas search --out {run_dir} --resume" if command == "search" else "the same pgnas sample command with --resume"
+    return Stopped(f"stopped by {name} during {what}; continue with: {how}", exc.signum)
 
 
 def sample(
@@ -262,6 +357,7 @@ def sample(
     out: str | Path | None = None,
     seed: int | None = None,
     force: bool = False,
+    resume: bool = False,
     progress: bool = True,
     **overrides: Any,
 ) -> SearchResult:
@@ -269,13 +365,17 @@ def sample(
 
     Results go to ``out`` (default ``RUN_DIR/sample-<C>``); ``seed`` picks another set of
     candidates than the search's (default: the search's seed, so candidate i is the same).
+    ``resume=True`` continues an interrupted sample in ``out`` from its scored candidates.
     """
+    t_start = time.perf_counter()
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if not (run_dir / "config.toml").is_file():
         raise PgnasError(f"{run_dir} is not a pgnas results folder (no config.toml)")
     if not ckpt_path.is_file():
         raise PgnasError(f"{run_dir} has no checkpoint.pt: train the posterior first (pgnas search)")
+    if resume and force:
+        raise PgnasError("--resume and --force exclude each other")
     saved = SearchConfig.from_toml(run_dir / "config.toml")
     changes = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(changes) - (RESUME_MUTABLE - {"out"})
@@ -284,8 +384,12 @@ def sample(
     out_dir = Path(out) if out else run_dir / f"sample-{candidates}"
     cfg = saved.replace(candidates=candidates, out=str(out_dir), seed=saved.seed if seed is None else seed, **changes)
     cfg.validate()
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise PgnasError(f"results folder {out_dir} already exists; pass --force to replace it")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (force or resume):
+        raise PgnasError(f"results folder {out_dir} already exists; pass --resume to continue it or --force to replace it")
+    if resume and (out_dir / "config.toml").is_file():
+        prev = SearchConfig.from_toml(out_dir / "config.toml")
+        if prev.seed != cfg.seed:
+            raise PgnasError(f"--resume: {out_dir} was sampled with seed {prev.seed}, not {cfg.seed}")
     state = load_checkpoint(ckpt_path)
     if state.get("epoch") != saved.epochs:
         raise PgnasError(f"{run_dir}: training stopped after epoch {state.get('epoch')} of {saved.epochs}; finish it with pgnas search --resume")
@@ -296,23 +400,50 @@ def sample(
         raise PgnasError(f"checkpoint {ckpt_path} does not fit its configuration: {str(exc).splitlines()[0]}") from None
     if run.dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("candidates.jsonl", "summary.json"):
-            (out_dir / name).unlink(missing_ok=True)
+        if not resume:
+            for name in SELECTION_FILES:
+                (out_dir / name).unlink(missing_ok=True)
         atomic_write_text(out_dir / "config.toml", run.cfg.to_toml())
     barrier(run.dist)
-    return _select_and_report(run, out_dir, resume=False, progress=progress and run.dist.is_main,
-                              train_seconds=float(state.get("train_seconds", 0.0)))
+    with StopRequests() as stop:
+        return _select_and_report(run, out_dir, resume=resume, progress=progress and run.dist.is_main,
+                                  train_seconds=float(state.get("train_seconds", 0.0)), stop=stop, t_start=t_start,
+                                  timings={"data": run.data_seconds, "train": 0.0}, command="sample", source=run_dir)
 
 
-def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool, train_seconds: float) -> SearchResult:
+def scoring_setup(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
+    """What decides a candidate's score beyond its masks: scores computed under another setup
+    are not comparable, so a resumed selection re-scores them."""
+    return {
+        "bn_recalibrate": cfg.bn_recalibrate,
+        "bn_batch_size": cfg.batch_size if cfg.bn_recalibrate else None,
+        "precision": "bf16" if device.type == "cuda" else "fp32",
+        "seed": cfg.seed,
+    }
+
+
+def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool, train_seconds: float, stop: StopRequests,
+                       t_start: float, timings: dict[str, float], command: str, source: Path | None = None) -> SearchResult:
     """Score the candidates on the validation split, rank them, report the best on test."""
     cfg, model, posterior, data, device, main = run.cfg, run.model, run.posterior, run.data, run.device, run.dist.is_main
-    t_sample = time.perf_counter()
+    t_score = time.perf_counter()
+    # every rank scores with the network rank 0 checkpointed (under torchrun the ranks' BN statistics differ)
+    broadcast_module(model, run.dist)
     scorer = CandidateScorer(
         model, posterior, data, seed=cfg.seed, device=device, batch_size=cfg.eval_batch_size,
         tile=cfg.eval_tile, bn_recalibrate=cfg.bn_recalibrate, train_batch_size=cfg.batch_size, dist=run.dist,
     )
     cand_path = run_dir / "candidates.jsonl"
+    setup = scoring_setup(cfg, device)
+    setup_path = run_dir / "scoring.json"
+    done = read_candidates(cand_path) if resume else {}
+    if done and setup_path.is_file() and json.loads(setup_path.read_text()) != setup:
+        if progress:
+            _log(f"scoring changed since these candidates were scored ({setup_path.read_text().strip()} -> {json.dumps(setup)}): "
+                 f"re-scoring all of them")
+        done = {}
+    if main:
+        atomic_write_text(setup_path, json.dumps(setup) + "\n")
     if cfg.race:
         bar = _progress(progress, total=cfg.race_rungs, desc="racing candidates", unit="rung")
         records = scorer.race(
@@ -323,15 +454,15 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         if main:
             atomic_write_text(cand_path, "".join(json.dumps(r) + "\n" for r in records))
     else:
-        done = read_candidates(cand_path) if resume else {}
-        n_val = len(scorer.y)
+        n_val = scorer.n
         done = {i: r for i, r in done.items() if i < cfg.candidates and r.get("val_seen", n_val) == n_val}
-        if main and resume:  # rewrite without torn lines or candidates beyond a lowered count
+        if main:  # rewrite without torn lines, raced-out partial scores or candidates beyond a lowered count
             atomic_write_text(cand_path, "".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
         todo = [i for i in range(cfg.candidates) if i not in done]
         bar = _progress(progress, total=cfg.candidates, initial=len(done), desc="candidates", unit="cand")
         best = [max((r["val_acc"] for r in done.values()), default=0.0)]
         f = open(cand_path, "a") if main else None
+        last_line = [time.monotonic()]
 
         def _tick(rec: dict) -> None:
             if f is not None:
@@ -340,28 +471,43 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
             best[0] = max(best[0], rec["val_acc"])
             bar.set_postfix(best_val=f"{best[0]:.4f}", refresh=False)
             bar.update(1)
+            if progress and bar.disable and time.monotonic() - last_line[0] > 60:
+                last_line[0] = time.monotonic()
+                _log(f"candidates {bar.n}/{cfg.candidates}  best val {best[0]:.4f}")
 
         try:
-            new = scorer.exhaustive(todo, on_result=_tick)
+            new = scorer.exhaustive(todo, on_result=_tick, should_stop=lambda: stop.requested)
         finally:
             bar.close()
             if f is not None:
                 f.close()
         allrec = {**done, **{r["index"]: r for r in new}}
+        if len(allrec) < cfg.candidates:
+            exc = Stopped(f"{len(allrec)} of {cfg.candidates} candidates scored", max(gather_objects(stop.signum, run.dist)))
+            raise _stopped(exc, f"candidate scoring ({exc}, kept in {cand_path})", run_dir, command)
         records = [allrec[i] for i in range(cfg.candidates)]
     ranked = rank(records)
-    sample_seconds = time.perf_counter() - t_sample
+    timings["score"] = time.perf_counter() - t_score
+    if progress:
+        _log(f"scored {cfg.candidates} candidates in {timings['score']:.1f}s: best val {ranked[0]['val_acc']:.4f} "
+             f"(candidate {ranked[0]['index']})")
 
-    # ---- report the selected candidates on the test split (reporting only, never selecting)
+    # ---- report the selected candidates on the test split (reporting only, never selecting),
+    # each with exactly the network that was scored (its BN statistics when they were re-estimated)
+    t_test = time.perf_counter()
     top = []
     for rec in ranked[: cfg.top_k]:
         masks = posterior.sample_candidate(rec["index"], cfg.seed)
-        posterior.set_candidate(masks)
-        test_acc = accuracy(model, data, "test", cfg.eval_batch_size, device)
-        posterior.clear_candidate()
+        with candidate_bn(model, posterior, masks, data, cfg.bn_recalibrate, cfg.batch_size, device):
+            posterior.set_candidate(masks)
+            test_acc = accuracy(model, data, "test", cfg.eval_batch_size, device)
+            posterior.clear_candidate()
         stats = posterior.candidate_stats(masks)
         top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()}, "removed_op_names": stats["removed_ops"]})
     best_masks = posterior.sample_candidate(ranked[0]["index"], cfg.seed)
+    supernet_val = accuracy(model, data, "val", cfg.eval_batch_size, device)  # the mean network (inputs x (1 - p))
+    supernet_test = accuracy(model, data, "test", cfg.eval_batch_size, device)
+    timings["test"] = time.perf_counter() - t_test
     vals = [r["val_acc"] for r in records]
     mean_val = sum(vals) / len(vals)
     summary = {
@@ -370,10 +516,11 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         "supernet": cfg.supernet,
         "dataset": cfg.dataset,
         "supernet_params": count_parameters(model),
-        "supernet_val_acc": accuracy(model, data, "val", cfg.eval_batch_size, device),  # the mean network (inputs x (1 - p))
-        "supernet_test_acc": accuracy(model, data, "test", cfg.eval_batch_size, device),
+        "supernet_val_acc": supernet_val,
+        "supernet_test_acc": supernet_test,
         "num_candidates": cfg.candidates,
         "selection": "race" if cfg.race else "exhaustive",
+        "scoring": setup,
         "candidate_val_acc": {
             "mean": mean_val,
             "std": (sum((v - mean_val) ** 2 for v in vals) / len(vals)) ** 0.5,
@@ -389,20 +536,29 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         },
         "splits": data.sizes(),
         "epochs": cfg.epochs,
-        "seconds": {"train": train_seconds, "sample": sample_seconds},
+        "command": command,
+        "training_seconds": train_seconds,
         "device": str(device),
         "world_size": run.dist.world_size,
         "torch": torch.__version__,
     }
+    if source is not None:
+        summary["source_run"] = str(source)
+    t_export = time.perf_counter()
     if main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         # the one later stage a search calls: the selected network as a slim model (model.pt + model.json)
         from pgnas.export.from_run import export_run
 
-        info = export_run(run_dir, "best", model=model, posterior=posterior, config=cfg, data=data, force=True, on_error="warn")
+        info = export_run(run_dir, top[0]["index"], model=model, posterior=posterior, config=cfg, data=data, force=True,
+                          on_error="warn", selected=True)
         if info is not None:
             summary["export"] = {k: info[k] for k in ("model", "params", "macs", "supernet_macs", "removed_operations")}
-            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    timings["export"] = time.perf_counter() - t_export
+    total = time.perf_counter() - t_start
+    summary["seconds"] = {**{k: round(v, 3) for k, v in timings.items()},
+                          "other": round(max(0.0, total - sum(timings.values())), 3), "total": round(total, 3)}
+    if main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     barrier(run.dist)
     return SearchResult(run_dir, summary, model, posterior, best_masks, records)
 

@@ -1,11 +1,14 @@
 """Guided sampling and selection: draw candidates from the posterior, score them on the held-out
 validation split (never the test split), rank them.
 
-Three ways to score, all giving a candidate's exact validation accuracy on what it has seen:
+The validation split is read through the data set's ``eval_batches`` (tensors in memory, or
+streamed from files for ImageNet), always the same images in the same order, so each candidate's
+correctness is known image by image. Three ways to score, all giving a candidate's exact
+validation accuracy on what it has seen:
 
 * exhaustive: every candidate on the whole split, K candidates per forward pass (the batch is
-  tiled K times, tile j under candidate j's masks; BN in eval mode is per example, so this is
-  exactly one-by-one evaluation, only faster);
+  tiled K times, tile j under candidate j's masks; BN in eval mode is per example and operation
+  removal is decided per candidate, so this is exactly one-by-one evaluation, only faster);
 * racing (successive halving): every candidate on a small slice, the best 1/eta go on to a slice
   eta times larger, ... until the finalists have seen the whole split and are ranked on it;
 * either of them sharded over ranks under torchrun (candidates split, scores gathered), giving the
@@ -17,6 +20,7 @@ statistics on training batches in candidate mode before scoring.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -48,41 +52,49 @@ def accuracy(model: nn.Module, data, split: str, batch_size: int, device: torch.
 
 
 @torch.no_grad()
-def correct_counts(
+def correct_matrix(
     model: nn.Module,
     posterior: Posterior,
     masks: Sequence[dict],
-    x: Tensor,
-    y: Tensor,
+    data,
     *,
     tile: int,
     batch_size: int,
-) -> list[int]:
-    """Number of correct predictions of each candidate on (x, y), ``tile`` candidates per pass
-    (each pass holds about ``batch_size`` rows: ``batch_size // tile`` examples per candidate)."""
+    device: torch.device,
+    indices: Tensor | None = None,
+    split: str = "val",
+) -> Tensor:
+    """Per candidate and image, is its prediction right: a (len(masks), n) bool tensor on the CPU,
+    over the images of ``split`` at ``indices`` (all, in order, by default). ``tile`` candidates
+    share a forward pass of about ``batch_size`` rows (``batch_size // tile`` images each)."""
     model.eval()
-    out: list[int] = []
-    n = len(y)
+    rows: list[Tensor] = []
     try:
         for g in range(0, len(masks), tile):
             group = masks[g : g + tile]
             k = len(group)
             posterior.set_candidates(group)
-            step = max(1, batch_size // k)
-            correct = torch.zeros(k, device=x.device, dtype=torch.long)
-            for s in range(0, n, step):
-                xb, yb = x[s : s + step], y[s : s + step]
+            parts = []
+            for xb, yb in data.eval_batches(split, max(1, batch_size // k), device, indices):
                 xt = xb.repeat(k, *([1] * (xb.dim() - 1))) if k > 1 else xb
                 if xt.is_cuda:
                     xt = xt.contiguous(memory_format=torch.channels_last)
-                with autocast_for(x.device):
+                with autocast_for(device):
                     logits, _ = split_output(model(xt))
-                pred = logits.argmax(-1).view(k, -1)
-                correct += (pred == yb[None]).sum(1)
-            out.extend(correct.tolist())
+                parts.append(logits.argmax(-1).view(k, -1) == yb[None])
+            rows.append(torch.cat(parts, 1).cpu() if parts else torch.zeros(k, 0, dtype=torch.bool))
     finally:
         posterior.clear_candidate()
-    return out
+    return torch.cat(rows, 0) if rows else torch.zeros(0, 0, dtype=torch.bool)
+
+
+def correct_counts(model: nn.Module, posterior: Posterior, masks: Sequence[dict], x: Tensor, y: Tensor, *, tile: int,
+                   batch_size: int) -> list[int]:
+    """Number of correct predictions of each candidate on the tensors (x, y)."""
+    from pgnas.data.tensor_data import TensorBatches
+
+    data = TensorBatches(x, y)
+    return correct_matrix(model, posterior, masks, data, tile=tile, batch_size=batch_size, device=x.device).sum(1).tolist()
 
 
 # ---------------------------------------------------------------------------------- BN re-estimation
@@ -91,12 +103,15 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, posterior: Posterior, masks: dict, data, batches: int, batch_size: int, device) -> None:
-    """Re-estimate BN running statistics of one candidate on ``batches`` un-augmented-order
-    training batches (cumulative average), the rest of the model in eval mode."""
+    """Re-estimate BN running statistics of one candidate on ``batches`` un-augmented training
+    batches of a fixed order (cumulative average), the rest of the model in eval mode. The BN
+    layers' momentum is left as it was; the statistics are the candidate's (see
+    :func:`candidate_bn` to have them restored afterwards)."""
     from pgnas.data.augment import AugmentSpec
 
     model.eval()
     bns = [m for m in model.modules() if isinstance(m, _BN)]
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
@@ -107,12 +122,36 @@ def recalibrate_bn(model: nn.Module, posterior: Posterior, masks: dict, data, ba
         for i, (x, _) in enumerate(data.train_batches(batch_size, g, device, AugmentSpec())):
             if i >= batches:
                 break
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(device):
                 model(x)
     finally:
         posterior.clear_candidate()
-        for m in bns:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
             m.eval()
+
+
+@contextlib.contextmanager
+def candidate_bn(model: nn.Module, posterior: Posterior, masks: dict, data, batches: int, batch_size: int, device):
+    """Inside the block the model's BN statistics are the candidate's (re-estimated on
+    ``batches`` training batches; nothing changes when ``batches`` is 0); afterwards the
+    super-network's are back."""
+    if not batches:
+        yield
+        return
+    saved = {k: v.clone() for k, v in model.state_dict().items() if _is_bn_buffer(model, k)}
+    try:
+        recalibrate_bn(model, posterior, masks, data, batches, batch_size, device)
+        yield
+    finally:
+        model.load_state_dict(saved, strict=False)
+
+
+def _is_bn_buffer(model: nn.Module, key: str) -> bool:
+    owner, _, name = key.rpartition(".")
+    return name in ("running_mean", "running_var", "num_batches_tracked") and isinstance(model.get_submodule(owner), _BN)
 
 
 # ---------------------------------------------------------------------------------- records
@@ -161,7 +200,7 @@ class CandidateScorer:
         self.bn_recalibrate = bn_recalibrate
         self.train_batch_size = train_batch_size
         self.dist = dist
-        self.x, self.y = data.eval_tensors("val", device)
+        self.n = int(data.sizes()["val"])
         self._masks: dict[int, dict] = {}
         self._stats: dict[int, dict] = {}
 
@@ -186,39 +225,44 @@ class CandidateScorer:
             "removed_ops": len(st["removed_ops"]),
         }
 
-    def _counts(self, indices: Sequence[int], x: Tensor, y: Tensor) -> dict[int, int]:
-        """Correct counts on (x, y) of the candidates, this rank's share, gathered from all."""
+    def correct(self, indices: Sequence[int], examples: Tensor | None = None) -> dict[int, Tensor]:
+        """Per candidate, its correctness on each validation image at ``examples`` (all by
+        default): this rank scores its share of the candidates, the results are gathered."""
         mine = list(indices)[self.dist.rank :: self.dist.world_size]
         masks = [self.masks(i) for i in mine]
+        kw = dict(batch_size=self.batch_size, device=self.device, indices=examples)
         if self.bn_recalibrate:
-            counts = []
-            state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            rows = []
             for m in masks:
-                recalibrate_bn(self.model, self.posterior, m, self.data, self.bn_recalibrate, self.train_batch_size, self.device)
-                counts += correct_counts(self.model, self.posterior, [m], x, y, tile=1, batch_size=self.batch_size)
-                self.model.load_state_dict(state)
+                with candidate_bn(self.model, self.posterior, m, self.data, self.bn_recalibrate, self.train_batch_size, self.device):
+                    rows.append(correct_matrix(self.model, self.posterior, [m], self.data, tile=1, **kw))
+            mat = torch.cat(rows) if rows else None
         else:
-            counts = correct_counts(self.model, self.posterior, masks, x, y, tile=self.tile, batch_size=self.batch_size)
-        merged: dict[int, int] = {}
-        for part in gather_objects(dict(zip(mine, counts)), self.dist):
+            mat = correct_matrix(self.model, self.posterior, masks, self.data, tile=self.tile, **kw) if masks else None
+        merged: dict[int, Tensor] = {}
+        for part in gather_objects({i: mat[j] for j, i in enumerate(mine)} if mine else {}, self.dist):
             merged.update(part)
         return merged
 
-    def exhaustive(self, indices: Sequence[int], on_result: Callable[[dict], None] | None = None) -> list[dict]:
-        """Every candidate on the whole validation split, in rounds of ``tile`` per rank."""
-        n = len(self.y)
+    def exhaustive(self, indices: Sequence[int], on_result: Callable[[dict], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> list[dict]:
+        """Every candidate on the whole validation split, in rounds of ``tile`` per rank.
+        ``should_stop`` is asked after every round (all ranks agree): True ends scoring early with
+        the records so far."""
         per_round = self.tile * self.dist.world_size
         records = []
         indices = list(indices)
         for r in range(0, len(indices), per_round):
             chunk = indices[r : r + per_round]
-            counts = self._counts(chunk, self.x, self.y)
+            rows = self.correct(chunk)
             for i in chunk:
-                rec = self.record(i, counts[i], n)
+                rec = self.record(i, int(rows[i].sum()), self.n)
                 self._masks.pop(i, None)
                 records.append(rec)
                 if on_result is not None:
                     on_result(rec)
+            if should_stop is not None and any(gather_objects(bool(should_stop()), self.dist)):
+                break
         return records
 
     def race(self, indices: Sequence[int], *, eta: int = 3, rungs: int = 4, keep_min: int = 1,
@@ -226,18 +270,17 @@ class CandidateScorer:
         """Successive halving: rung r scores the survivors on the first n_r examples of a fixed
         (seeded) order of the split, n_r = ceil(N / eta^(rungs-1-r)); after each rung the best
         ceil(survivors / eta) (at least ``keep_min``) go on. With rungs = 1 this is exhaustive."""
-        n = len(self.y)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 7919)).to(self.y.device)
+        n = self.n
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 7919))
         sizes = sorted({min(n, math.ceil(n / eta ** (rungs - 1 - r))) for r in range(rungs)})
         alive = list(indices)
         correct = {i: 0 for i in alive}
         records: dict[int, dict] = {}
         seen = 0
         for r, target in enumerate(sizes):
-            idx = order[seen:target]
-            counts = self._counts(alive, self.x[idx], self.y[idx])
+            rows = self.correct(alive, order[seen:target])
             for i in alive:
-                correct[i] += counts[i]
+                correct[i] += int(rows[i].sum())
             seen = target
             if on_rung is not None:
                 on_rung(r, len(alive), seen)

@@ -52,8 +52,40 @@ def split_output(out: Any) -> tuple[Tensor, Tensor | None]:
     return out, None
 
 
+class Stopped(PgnasError):
+    """Training or scoring stopped on request (SIGTERM, SIGINT) after saving what it had."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class TrainControl:
+    """What the training loop asks its caller at each check: is a checkpoint due, has a stop been
+    requested, and how to save one. The default never saves and never stops."""
+
+    signum = 0  # the signal that asked to stop
+
+    def poll(self) -> tuple[bool, bool]:
+        """(checkpoint due, stop requested), host-side only."""
+        return False, False
+
+    @property
+    def stop_requested(self) -> bool:
+        return False
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write a mid-epoch checkpoint of ``state`` (called on every rank; rank 0 writes)."""
+
+
 class PosteriorTrainer:
-    """Trains weights and drop-logits jointly: SGD (Nesterov), cosine schedule, clipping."""
+    """Trains weights and drop-logits jointly: SGD (Nesterov), one learning-rate schedule, clipping.
+
+    Randomness is derived, not carried: batch s of epoch e draws its data order and augmentation
+    from a generator seeded by (seed, e) and its masks and shake-shake coefficients from the global
+    RNG seeded by (seed, e, s, rank). A run resumed at any batch therefore continues exactly as the
+    uninterrupted run would have (bit for bit on the CPU), on any number of ranks for the data.
+    """
 
     def __init__(
         self,
@@ -84,11 +116,22 @@ class PosteriorTrainer:
         # No weight decay anywhere: the KL term's (1-p)||W||^2 replaces it (method section 1.8).
         self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0, weight_decay=0.0)
         self.params = params
-        self.step = 0
+        self.step = 0  # optimizer steps done
         self.epoch = 0  # epochs completed
-        self.generator = torch.Generator().manual_seed(config.seed + 1)  # data order and augmentation
+        self.batch = 0  # batches done in the epoch in progress
+        self.stop_after_epoch = False
         self.dist = dist
+        # the epoch in progress: ce, kl_w, kl_ent, correct (on the device), examples, seconds
+        self._sums = torch.zeros(4, device=device, dtype=torch.float64)
+        self._bad = torch.zeros((), device=device, dtype=torch.bool)
+        self._seen = 0
+        self._seconds = 0.0
+        # how often the host looks at the device (NaN check, collective stop/checkpoint decision):
+        # every step on the CPU, where looking costs nothing; every 25 steps on a GPU
+        self.check_every = 1 if device.type == "cpu" else 25
         self.net = model
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         if dist.enabled:
             if config.batch_size % dist.world_size:
                 raise PgnasError(f"batch_size {config.batch_size} is not divisible by the {dist.world_size} ranks")
@@ -100,19 +143,18 @@ class PosteriorTrainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        from pgnas.search.checkpoint import rng_state
-
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
-            "rng": rng_state(self.generator),
+            "batch": self.batch,
+            "epoch_sums": self._sums.detach().cpu(),
+            "epoch_seen": self._seen,
+            "epoch_seconds": self._seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from pgnas.search.checkpoint import set_rng_state
-
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -121,70 +163,83 @@ class PosteriorTrainer:
             raise PgnasError(f"checkpoint does not fit this super-network/configuration: {first}") from None
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
-        set_rng_state(state["rng"], self.generator)
+        self.batch = int(state.get("batch", 0))
+        if self.batch:
+            sums = state["epoch_sums"].to(self.device, torch.float64)
+            # under torchrun rank 0 saved the sums of all ranks: it alone carries them on
+            self._sums = sums if self.dist.rank == 0 else torch.zeros_like(sums)
+            self._seen = int(state["epoch_seen"]) if self.dist.rank == 0 else 0
+            self._seconds = float(state["epoch_seconds"])
 
-    # ------------------------------------------------------------------ one epoch
-    def train_epoch(self, progress=None) -> dict[str, Any]:
-        """Train one epoch and return its metrics; raises PgnasError if the loss turns non-finite."""
-        model, cfg, dev = self.net, self.cfg, self.device
-        model.train()
-        # Masks and shake-shake coefficients: seeded per (run seed, epoch, rank), so a resumed run,
-        # on any number of ranks, draws what it would have drawn; ranks draw independently.
-        torch.manual_seed(_derive_seed(cfg.seed, self.epoch, self.dist.rank))
-        if hasattr(self.model, "set_progress"):
-            self.model.set_progress(self.epoch / cfg.epochs)
-        sums = torch.zeros(5, device=dev, dtype=torch.float64)  # ce, kl_w, kl_ent, correct, seen
-        bad = torch.zeros((), device=dev, dtype=torch.bool)
-        check_every = 1 if dev.type == "cpu" else 50
-        t0 = time.perf_counter()
-        lr = cfg.lr
-        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size} if self.dist.enabled else {}
-        batches = self.data.train_batches(cfg.batch_size, self.generator, dev, self.augment, **shard)
-        for i, (x, y) in enumerate(batches):
-            lr = scheduled_lr(cfg.lr_schedule, cfg.lr, self.step, self.steps_per_epoch, self.total_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(dev):
-                logits, aux = split_output(model(x))
-                ce = F.cross_entropy(logits.float(), y)
-                loss_ce = ce if aux is None else ce + self.aux_weight * F.cross_entropy(aux.float(), y)
-            kl_w, kl_e = self.posterior.kl_terms(self.n_data)
-            loss = loss_ce + self.lambda_w * kl_w + cfg.lambda_p * kl_e
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            self.optimizer.step()
-            self.step += 1
-            with torch.no_grad():
-                bad |= ~torch.isfinite(loss.detach())
-                sums += torch.stack(
-                    [
-                        ce.detach().double() * len(y),
-                        (self.lambda_w * kl_w).detach().double() * len(y),
-                        (cfg.lambda_p * kl_e).detach().double() * len(y),
-                        (logits.argmax(1) == y).sum().double(),
-                        torch.tensor(float(len(y)), device=dev, dtype=torch.float64),
-                    ]
-                )
-            if (i + 1) % check_every == 0 and self._any(bad):
-                self._nan(i + 1)
-            if progress is not None:
-                progress.update(1)
-        if self._any(bad):
-            self._nan(self.steps_per_epoch)
+    def _global_sums(self) -> tuple[Tensor, int]:
+        """The epoch-so-far sums and example count of all ranks."""
+        sums = torch.cat([self._sums, torch.tensor([float(self._seen)], device=self.device, dtype=torch.float64)])
         if self.dist.enabled:
             import torch.distributed as tdist
 
             tdist.all_reduce(sums)
-        self.epoch += 1
-        ce, kw, ke, correct, seen = sums.tolist()
-        return {
-            "epoch": self.epoch,
+        return sums[:4], int(sums[4])
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, x: Tensor, y: Tensor) -> None:
+        """One optimizer step on a batch. Nothing here waits for the device: the loss, the
+        running sums and the non-finite flag stay on it until the loop looks at them."""
+        cfg = self.cfg
+        lr = scheduled_lr(cfg.lr_schedule, cfg.lr, self.step, self.steps_per_epoch, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(self.device):
+            logits, aux = split_output(self.net(x))
+            ce = F.cross_entropy(logits.float(), y)
+            loss_ce = ce if aux is None else ce + self.aux_weight * F.cross_entropy(aux.float(), y)
+        kl_w, kl_e = self.posterior.kl_terms(self.n_data)
+        kl_w, kl_e = self.lambda_w * kl_w, cfg.lambda_p * kl_e
+        loss = loss_ce + kl_w + kl_e
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self._seen += len(y)
+        with torch.no_grad():
+            self._bad |= ~torch.isfinite(loss)
+            n = float(len(y))
+            self._sums += torch.stack([ce * n, kl_w * n, kl_e * n, (logits.argmax(1) == y).sum()]).double()
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, progress=None, control: TrainControl | None = None) -> dict[str, Any]:
+        """Train the rest of the current epoch and return its metrics. Raises PgnasError if the
+        loss turns non-finite and :class:`Stopped` when ``control`` asks to stop (after saving)."""
+        cfg, dev = self.cfg, self.device
+        control = control or TrainControl()
+        self.net.train()
+        if hasattr(self.model, "set_progress"):
+            self.model.set_progress(self.epoch / cfg.epochs)
+        t0 = time.perf_counter() - self._seconds
+        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size} if self.dist.enabled else {}
+        g = torch.Generator().manual_seed(derive_seed("data", cfg.seed, self.epoch))
+        batches = self.data.train_batches(cfg.batch_size, g, dev, self.augment, start=self.batch, **shard)
+        for x, y in batches:
+            torch.manual_seed(derive_seed("masks", cfg.seed, self.epoch, self.batch, self.dist.rank))
+            self.train_step(x, y)
+            self.batch += 1
+            if progress is not None:
+                progress.update(1)
+            if self.batch % self.check_every == 0 or (control.stop_requested and not self.dist.enabled):
+                self._seconds = time.perf_counter() - t0
+                self._check(control)
+        self._seconds = time.perf_counter() - t0
+        # at the epoch's end the caller writes the epoch checkpoint, then stops if asked to
+        self.stop_after_epoch = self._check(control, end_of_epoch=True)
+        sums, seen = self._global_sums()
+        ce, kw, ke, correct = sums.tolist()
+        metrics = {
+            "epoch": self.epoch + 1,
             "step": self.step,
-            "lr": lr,
+            "lr": scheduled_lr(cfg.lr_schedule, cfg.lr, self.step - 1, self.steps_per_epoch, self.total_steps),
             "loss": (ce + kw + ke) / seen,
             "ce": ce / seen,
             "kl": (kw + ke) / seen,
@@ -193,31 +248,48 @@ class PosteriorTrainer:
             "train_acc": correct / seen,
             "mean_p": self.posterior.mean_p(),
             "p": {name: _p_summary(ps) for name, ps in self.posterior.probs().items()},
-            "seconds": time.perf_counter() - t0,
+            "seconds": self._seconds,
             "world_size": self.dist.world_size,
         }
+        self.epoch += 1
+        self.batch = 0
+        self._sums.zero_()
+        self._seen = 0
+        self._seconds = 0.0
+        return metrics
 
-    def _any(self, flag: torch.Tensor) -> bool:
-        """A flag raised on any rank (a collective under torchrun, so every rank stops together)."""
+    def _check(self, control: TrainControl, end_of_epoch: bool = False) -> bool:
+        """Look at the device (non-finite loss) and ask the caller (checkpoint due, stop
+        requested); under torchrun one collective, so every rank decides the same at the same step."""
+        due, stop = control.poll()
+        flags = torch.stack([self._bad, torch.tensor(due, device=self.device), torch.tensor(stop, device=self.device)])
         if self.dist.enabled:
             import torch.distributed as tdist
 
-            f = flag.to(torch.int32)
+            f = flags.to(torch.int32)
             tdist.all_reduce(f, op=tdist.ReduceOp.MAX)
-            return bool(f)
-        return bool(flag)
+            flags = f.bool()
+        bad, due, stop = flags.tolist()
+        if bad:
+            raise PgnasError(
+                f"the loss became NaN/inf in epoch {self.epoch + 1} (by step {self.batch}); stopped, the last good "
+                f"checkpoint is kept - try a lower --lr"
+            )
+        if (due or stop) and not end_of_epoch:
+            sums, seen = self._global_sums()
+            state = self.state_dict()
+            state["epoch_sums"], state["epoch_seen"] = sums.cpu(), seen
+            control.save(state)
+        if stop and not end_of_epoch:
+            raise Stopped(f"stopped in epoch {self.epoch + 1} after batch {self.batch}", control.signum)
+        return bool(stop)
 
-    def _nan(self, step: int) -> None:
-        raise PgnasError(
-            f"the loss became NaN/inf in epoch {self.epoch + 1} (step {step}); stopped, the last good "
-            f"checkpoint (end of epoch {self.epoch}) is kept - try a lower --lr"
-        )
 
-
-def _derive_seed(seed: int, epoch: int, rank: int) -> int:
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from a tuple of names and numbers (sha256: unrelated streams for every tuple)."""
     import hashlib
 
-    digest = hashlib.sha256(f"pgnas-train:{seed}:{epoch}:{rank}".encode()).digest()
+    digest = hashlib.sha256(("pgnas-train:" + ":".join(str(p) for p in parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

@@ -13,7 +13,7 @@ of the block's concatenation; the 3x3 conv one p. The stem conv and the classifi
 (``exclude``), as in that code. D-121 has 638 p groups in all.
 
 Candidate mode: a dense layer whose 1x1 or 3x3 conv lost every input channel is removed (it adds
-32 zero channels), the paper's operation-level selection.
+32 zero channels), the paper's operation-level selection, decided per candidate.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.supernets.enas import removed
+from pgnas.posterior.removal import alive, removed_everywhere, zero_removed, zeros_like_output
 from pgnas.supernets.registry import SupernetSpec, register
 
 
@@ -35,10 +35,11 @@ class DenseLayer(nn.Module):
         self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if removed(self.conv1) or removed(self.conv2):
-            return x.new_zeros((x.shape[0], self.conv2.out_channels) + tuple(x.shape[2:]))
+        flags = alive(self.conv1, self.conv2)
+        if removed_everywhere(flags):
+            return zeros_like_output(x, self.conv2.out_channels)
         y = self.conv1(F.relu(self.norm1(x)))
-        return self.conv2(F.relu(self.norm2(y)))
+        return zero_removed(self.conv2(F.relu(self.norm2(y))), flags)
 
 
 class DenseBlock(nn.Module):

@@ -24,7 +24,9 @@ skipped by ``instrument``, so the mask sits between depthwise and pointwise), th
 and both classifiers.
 
 Candidate mode: an op whose conv lost every input channel is removed (it adds nothing to its
-node), the paper's operation-level selection; a removed ReLU-conv-BN unit outputs zeros.
+node), the paper's operation-level selection; a removed ReLU-conv-BN unit outputs zeros. Removal
+is decided per candidate (``pgnas.posterior.removal``), so K candidates tiled in one pass score
+exactly as one by one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.posterior.instrument import DROPOUT_NAME
+from pgnas.posterior.removal import alive, any_alive, removed_everywhere, zero_removed, zeros_like_output
 from pgnas.supernets.registry import SupernetSpec, register
 
 # The arcs of the paper's run scripts (node: x_id x_op y_id y_op).
@@ -42,18 +44,11 @@ REDUCE_ARC = (1, 0, 1, 0, 0, 3, 0, 2, 1, 1, 3, 1, 1, 0, 0, 4, 0, 3, 1, 1)
 OP_NAMES = ("sep3x3", "sep5x5", "avgpool3x3", "maxpool3x3", "identity")
 
 
-def removed(conv: nn.Module) -> bool:
-    """True in candidate mode when ``conv`` lost every input channel."""
-    d = getattr(conv, DROPOUT_NAME, None)
-    return d is not None and d.all_dropped
-
-
-def drop_path(x: Tensor, keep: float) -> Tensor:
-    """Drop the whole op for some examples (probability 1 - keep), scaling the rest by 1/keep."""
-    if keep >= 1.0:
-        return x
-    mask = torch.empty((x.shape[0], 1, 1, 1), device=x.device, dtype=x.dtype).bernoulli_(keep)
-    return x * mask / keep
+def drop_path(x: Tensor, keep: Tensor) -> Tensor:
+    """Drop the whole op for some examples (probability 1 - keep), scaling the rest by 1/keep.
+    ``keep`` is a tensor, so a new value does not make ``torch.compile`` trace again."""
+    mask = (torch.rand((x.shape[0], 1, 1, 1), device=x.device) < keep).to(x.dtype)
+    return x * mask / keep.to(x.dtype)
 
 
 class ReLUConvBN(nn.Module):
@@ -65,14 +60,14 @@ class ReLUConvBN(nn.Module):
         self.conv = nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=False)
         self.bn = nn.BatchNorm2d(cout)
 
-    @property
-    def removed(self) -> bool:
-        return removed(self.conv)
+    def alive(self):
+        return alive(self.conv)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.removed:
-            return x.new_zeros((x.shape[0], self.conv.out_channels) + tuple(x.shape[2:]))
-        return self.bn(self.conv(F.relu(x) if self.relu else x))
+        flags = self.alive()
+        if removed_everywhere(flags):
+            return zeros_like_output(x, self.conv.out_channels)
+        return zero_removed(self.bn(self.conv(F.relu(x) if self.relu else x)), flags)
 
 
 class FactorizedReduction(nn.Module):
@@ -88,18 +83,19 @@ class FactorizedReduction(nn.Module):
         self.conv2 = nn.Conv2d(cin, cout // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
 
-    @property
-    def removed(self) -> bool:
-        return removed(self.conv1) and removed(self.conv2)
+    def alive(self):
+        """Removed only when both convs lost every input."""
+        return any_alive(alive(self.conv1), alive(self.conv2))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.relu:
             x = F.relu(x)
         a = x[:, :, ::2, ::2]
         b = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:][:, :, ::2, ::2]
-        if self.removed:
-            return a.new_zeros((a.shape[0], self.bn.num_features) + tuple(a.shape[2:]))
-        return self.bn(torch.cat([self.conv1(a), self.conv2(b)], dim=1))
+        flags = self.alive()
+        if removed_everywhere(flags):
+            return zeros_like_output(a, self.bn.num_features)
+        return zero_removed(self.bn(torch.cat([self.conv1(a), self.conv2(b)], dim=1)), flags)
 
 
 class SepConv(nn.Module):
@@ -117,9 +113,9 @@ class SepConv(nn.Module):
             ]
         self.op = nn.Sequential(*layers)
 
-    @property
-    def removed(self) -> bool:
-        return removed(self.op[2]) or removed(self.op[6])
+    def alive(self):
+        """Removed when either pointwise conv lost every input."""
+        return alive(self.op[2], self.op[6])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)
@@ -130,7 +126,8 @@ class Pool(nn.Module):
         super().__init__()
         self.kind, self.stride = kind, stride
 
-    removed = False
+    def alive(self):
+        return None  # never removed
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "avg":  # TF "SAME" average pooling: padding not counted
@@ -139,7 +136,8 @@ class Pool(nn.Module):
 
 
 class Identity(nn.Module):
-    removed = False
+    def alive(self):
+        return None  # never removed
 
     def forward(self, x: Tensor) -> Tensor:
         return x
@@ -200,13 +198,15 @@ class EnasLayer(nn.Module):
                 self.combine[str(i)] = FactorizedReduction(c, c)
         self.out_channels = c * len(self.out_nodes)
         self.out_scale = s_p * (2 if out_level else 1)
-        self.keep = 1.0  # drop-path keep probability, set by the network each step
+        # drop-path keep probability, set by the network at each epoch start (a tensor: see drop_path)
+        self.register_buffer("keep", torch.ones(()), persistent=False)
 
     def _op(self, op: nn.Module, code: int, x: Tensor) -> Tensor | None:
-        if op.removed:
+        flags = op.alive()
+        if removed_everywhere(flags):
             return None
-        y = op(x)
-        if self.training and code != 4 and self.keep < 1.0:
+        y = zero_removed(op(x), flags)
+        if self.training and code != 4:
             y = drop_path(y, self.keep)
         return y
 
@@ -298,7 +298,7 @@ class EnasNet(nn.Module):
         total = self.num_layers + 2
         for layer in self.layers:
             layer_keep = 1.0 - (layer.layer_id + 1) / total * (1.0 - self.drop_path_keep)
-            layer.keep = 1.0 - self.progress * (1.0 - layer_keep)
+            layer.keep.fill_(1.0 - self.progress * (1.0 - layer_keep))
 
     def forward(self, x: Tensor):
         x = self.stem_bn(self.stem(x))

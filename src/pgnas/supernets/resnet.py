@@ -9,7 +9,7 @@ dilated 5x5 conv (dilation 2, receptive field 9) - the paper's "1x1, 3x3, 5x5 an
 groups, each its own conv and so its own p. Every conv and the classifier carry a p.
 
 Candidate mode: a branch whose conv lost every input channel is removed (its quarter of the
-channels is zero), the paper's operation-level selection.
+channels is zero), the paper's operation-level selection, decided per candidate.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.supernets.enas import removed
+from pgnas.posterior.removal import alive, removed_everywhere, zero_removed
 from pgnas.supernets.registry import SupernetSpec, register
 
 # (kernel, dilation) of the four branches: receptive fields 1, 3, 5 and 9.
@@ -33,11 +33,12 @@ class Branch(nn.Module):
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        s = self.conv.stride[0]
-        if removed(self.conv):
+        flags = alive(self.conv)
+        if removed_everywhere(flags):
+            s = self.conv.stride[0]
             h, w = (x.shape[2] - 1) // s + 1, (x.shape[3] - 1) // s + 1
             return x.new_zeros((x.shape[0], self.conv.out_channels, h, w))
-        return self.bn(self.conv(x))
+        return zero_removed(self.bn(self.conv(x)), flags)
 
 
 class InflatedConv(nn.Module):

@@ -19,13 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.posterior.instrument import DROPOUT_NAME
+from pgnas.posterior.removal import alive, removed_everywhere, zero_removed
 from pgnas.supernets.registry import SupernetSpec, register, register_pattern
-
-
-def _alive(conv: nn.Module) -> Tensor | None:
-    d = getattr(conv, DROPOUT_NAME, None)
-    return None if d is None else d.op_alive()
 
 
 class ShakeBranch(nn.Module):
@@ -36,19 +31,15 @@ class ShakeBranch(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
 
-    def alive(self) -> Tensor | None:
-        """In candidate mode, (K,) bool: is the branch still there in candidate j (both convs keep
-        an input channel)? ``None`` outside candidate mode."""
-        a, b = _alive(self.conv1), _alive(self.conv2)
-        if a is None or b is None:
-            return None
-        return a & b
+    def alive(self) -> tuple[bool, ...] | None:
+        """In candidate mode, per candidate: is the branch still there (both convs keep an input
+        channel)? ``None`` outside candidate mode."""
+        return alive(self.conv1, self.conv2)
 
     @property
     def removed(self) -> bool:
         """True in candidate mode when the branch is gone in every candidate."""
-        alive = self.alive()
-        return alive is not None and not bool(alive.any())
+        return removed_everywhere(self.alive())
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.bn1(self.conv1(F.relu(x)))
@@ -92,19 +83,15 @@ class ShakeBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         skip = self.skip(x)
-        alive = [self.branch1.alive(), self.branch2.alive()]
+        alive = (self.branch1.alive(), self.branch2.alive())
         if alive[0] is None or alive[1] is None:
             return skip + shake_shake_mix(self.branch1(x), self.branch2(x), self.training)
         # Candidate mode: each branch at its evaluation weight 0.5, a removed branch contributes
         # nothing (with both gone the block is its skip connection); per tile for K candidates.
         out = skip
-        for branch, a in zip((self.branch1, self.branch2), alive):
-            if not bool(a.any()):
-                continue
-            y = branch(x)
-            if not bool(a.all()):
-                y = y * a.to(y.dtype).repeat_interleave(y.shape[0] // a.numel()).view(-1, 1, 1, 1)
-            out = out + 0.5 * y
+        for branch, flags in zip((self.branch1, self.branch2), alive):
+            if not removed_everywhere(flags):
+                out = out + 0.5 * zero_removed(branch(x), flags)
         return out
 
 
