@@ -123,7 +123,7 @@ def test_bn_recalibrated_network_is_the_one_reported_and_exported(tmp_path):
     assert not torch.allclose(plain, recal, atol=1e-3)  # re-estimation changes the network
     assert sel["test_acc"] == test_acc
     exported = load_model(res.run_dir / "model.pt")
-    assert torch.allclose(exported(x), recal, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(exported.net(x), recal, rtol=1e-4, atol=1e-4)
 
 
 def test_resume_with_other_scoring_rescores_every_candidate(tmp_path):

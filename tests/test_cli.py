@@ -173,3 +173,14 @@ def test_console_script_exit_status(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "pgnas search: error: epochs must be >= 1, got 0"
+
+
+def test_config_file_round_trips_odd_strings_and_numbers():
+    import tomllib
+
+    import pgnas
+
+    cfg = pgnas.SearchConfig(supernet='we"ird\\path:ü', n_data=5e-05, lr=0.1, out="a\nb", data_dir="C:\\data", lambda_w=1e300)
+    text = cfg.to_toml()
+    assert pgnas.SearchConfig.from_dict(tomllib.loads(text)) == cfg
+    assert "# left at their defaults:" in text  # None-valued settings (TOML has no null)

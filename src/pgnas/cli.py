@@ -47,8 +47,17 @@ _HELP = {
 }
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+TRAIN_KEYS = (
+    "supernet", "dataset", "data_dir", "download", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "grad_clip",
+    "weight_decay", "val_size", "split_seed", "train_subset", "crop_pad", "flip", "cutout", "autoaugment", "data_cache",
+    "skip_bad", "image_size", "eval_batch_size", "seed", "device", "compile", "checkpoint_minutes", "out",
+)
+
+
+def _add_config_flags(p: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     for f in dataclasses.fields(SearchConfig):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         typ = _field_type(f)
         if typ == "bool":
@@ -86,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--force", action="store_true", help="replace an existing output folder")
     sm.add_argument("--resume", action="store_true", help="continue an interrupted sample in --out from its scored candidates")
     sm.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("train", help="train an exported model further (or from scratch), or any super-network plainly")
+    t.add_argument("model_file", metavar="MODEL_FILE", nargs="?", help="an exported model (.pt); without it --supernet is trained")
+    t.add_argument("--reinit", action="store_true", help="train MODEL_FILE's architecture from scratch")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="replace the pgnas files of an existing results folder")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_config_flags(t, TRAIN_KEYS)
 
     rp = sub.add_parser("report", help="plots and a Markdown/HTML summary of finished runs")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results folders (e.g. a guided and a random run)")
@@ -177,6 +194,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     if result.summary.get("world_size", 1) == 1 or _rank() == 0:
         print(format_summary(result.summary, str(result.run_dir)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pgnas.retrain import train
+
+    flags = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
+    if args.model_file and "supernet" in flags:
+        raise PgnasError("give either MODEL_FILE or --supernet, not both")
+    if args.resume:
+        if not args.out:
+            raise PgnasError("--resume needs --out RUN_DIR (the results folder to continue)")
+        res = train(SearchConfig(out=args.out, **{k: v for k, v in flags.items() if k in ("device", "checkpoint_minutes", "data_cache")}),
+                    resume=True, progress=not args.quiet)
+    else:
+        res = train(SearchConfig.from_dict(flags), model_file=args.model_file, reinit=args.reinit, force=args.force,
+                    progress=not args.quiet)
+    if _rank() == 0:
+        s = res.summary
+        print(f"pgnas train: {s['network']} on {s['dataset']}, {s['epochs']} epochs: val {100 * s['val_acc']:.2f}%, "
+              f"test {100 * s['test_acc']:.2f}%, {s['params']:,} params")
+        print(f"model: {s['export']['model']}")
     return 0
 
 
@@ -331,6 +370,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "search": cmd_search,
+    "train": cmd_train,
     "sample": cmd_sample,
     "export": cmd_export,
     "predict": cmd_predict,

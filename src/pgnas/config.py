@@ -40,6 +40,7 @@ class SearchConfig:
     posterior: str = "learned"  # "learned", or "fixed:P" for the random baseline (Bender et al.)
     lambda_w: float | None = None  # weight prior l^2; None: the super-network's default
     lambda_p: float = 1.0
+    weight_decay: float = 0.0  # pgnas train only (a search has none: the KL term replaces it)
     n_data: float | None = None  # N in the KL term; None: the paper's for cifar10/100 (5e5) and imagenet (1.2e6), else 10 x training images
     # data
     val_size: float | None = None  # fraction (<1) or count (>=1) of train held out; None: data set default
@@ -92,6 +93,7 @@ class SearchConfig:
         need(_finite(self.init_p) and 0 < self.init_p < 1, f"init_p must be in (0, 1), got {self.init_p!r}")
         need(self.lambda_w is None or (_finite(self.lambda_w) and self.lambda_w >= 0), f"lambda_w must be >= 0, got {self.lambda_w!r}")
         need(_finite(self.lambda_p) and self.lambda_p >= 0, f"lambda_p must be >= 0, got {self.lambda_p!r}")
+        need(_finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(self.n_data is None or (_finite(self.n_data) and self.n_data > 0), f"n_data must be > 0, got {self.n_data!r}")
         need(self.val_size is None or (_finite(self.val_size) and self.val_size > 0), f"val_size must be > 0, got {self.val_size!r}")
         need(self.train_subset is None or (isinstance(self.train_subset, int) and self.train_subset >= 1), f"train_subset must be >= 1, got {self.train_subset!r}")
@@ -145,12 +147,10 @@ class SearchConfig:
         return cls.from_dict(data, source=str(path))
 
     def to_toml(self) -> str:
-        import tomli_w
-
         # TOML has no null: settings left at None ("use the default") are written as comments.
         data = {k: v for k, v in self.to_dict().items() if v is not None}
         unset = [k for k, v in self.to_dict().items() if v is None]
-        text = "# pgnas search configuration (resolved)\n" + tomli_w.dumps(data)
+        text = "# pgnas search configuration (resolved)\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in data.items())
         if unset:
             text += "# left at their defaults: " + ", ".join(unset) + "\n"
         return text
@@ -184,6 +184,21 @@ def parse_lr_schedule(text: str) -> tuple[str, tuple]:
         f"lr_schedule must be 'cosine', 'sgdr:T0:TMUL:LR_MIN' (e.g. sgdr:10:2:0.0001) or "
         f"'step:E1,E2,...' (e.g. step:30,60), got {text!r}"
     )
+
+
+def _toml_value(v: Any) -> str:
+    """A flat TOML value (the configuration holds strings, numbers and booleans only)."""
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if v != v else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string: JSON's escapes are TOML's
+    raise TypeError(f"cannot write {type(v).__name__} to the configuration file")
 
 
 def _finite(x: Any) -> bool:

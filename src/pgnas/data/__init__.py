@@ -48,7 +48,7 @@ def load_dataset(
         from pgnas.data.cifar import load_cifar
 
         return load_cifar(name, data_dir, val_size=val_size, split_seed=split_seed, augment=augment, download=download,
-                          cache_dir=data_cache, skip_bad=skip_bad, workers=workers)
+                          cache_dir=data_cache, skip_bad=skip_bad, workers=workers, image_size=image_size)
     if download:
         raise PgnasError(f"dataset {name} cannot be downloaded: --download applies to cifar10 and cifar100")
     if name == "imagefolder":

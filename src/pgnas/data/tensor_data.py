@@ -165,6 +165,21 @@ class TensorBatches:
             yield x[s : s + batch_size], y[s : s + batch_size]
 
 
+def resize_uint8(x: Tensor, size: tuple[int, int], chunk: int = 8192) -> Tensor:
+    """uint8 images (N, C, H, W) resized to ``size``: area averaging when shrinking (exact means of
+    pixel blocks for integer factors), bilinear when enlarging; rounded back to uint8."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    from torch.nn import functional as F
+
+    mode = "area" if size[0] <= x.shape[2] and size[1] <= x.shape[3] else "bilinear"
+    out = []
+    for s in range(0, len(x), chunk):
+        part = F.interpolate(x[s : s + chunk].float(), size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+        out.append(part.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else x.new_zeros((0, x.shape[1], *size))
+
+
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units: exact, from each channel's
     histogram of the 256 values (no float copy of the whole set)."""

@@ -253,14 +253,25 @@ def _onnx_session(data: bytes):
 
 
 # ---------------------------------------------------------------------------------- loading
-class ExportedModel:
-    """An exported model of any format: call it on a normalised batch (N, C, H, W) -> logits."""
+class ExportedModel(nn.Module):
+    """An exported network as an ordinary ``nn.Module``.
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], meta: dict[str, Any], fmt: str, module: nn.Module | None = None):
-        self._fn = fn
+    Call it on images as you have them: a batch (N, C, H, W) of uint8 pixels (0-255) or of floats
+    in [0, 1], at the model's ``input_shape``; it normalises them with the mean and std it was
+    trained with (``transform``) and returns logits. It loads in eval mode; ``.train()`` and an
+    optimizer train it like any module (``pt`` and ``torchscript``; an ``onnx`` file runs in
+    onnxruntime and only predicts). ``net`` is the network itself, which takes normalised input.
+    """
+
+    def __init__(self, net: nn.Module, meta: dict[str, Any], fmt: str):
+        super().__init__()
+        self.net = net
         self.meta = meta
         self.format = fmt
-        self.module = module  # the torch module (pt, torchscript), None for onnx
+        c = int(meta["input_shape"][0])
+        self.register_buffer("mean", torch.tensor(meta["mean"], dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(meta["std"], dtype=torch.float32).view(1, c, 1, 1))
+        self.eval()
 
     @property
     def classes(self) -> list[str]:
@@ -270,16 +281,27 @@ class ExportedModel:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.meta["input_shape"])
 
-    def normalise(self, x: Tensor) -> Tensor:
-        """uint8 images (or floats in [0, 1]) -> the normalised input the model was trained on."""
+    def transform(self, x: Tensor) -> Tensor:
+        """uint8 images (or floats in [0, 1]) -> the normalised input ``net`` was trained on."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        mean = torch.tensor(self.meta["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(self.meta["std"]).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return (x - self.mean) / self.std
 
-    def __call__(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return self._fn(x)
+    normalise = transform
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.transform(x))
+
+
+class _OnnxNet(nn.Module):
+    """An ONNX file run by onnxruntime behind ``nn.Module`` (predicts; not trainable)."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.session.run(None, {"input": x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
 
 
 def detect_format(path: Path) -> str:
@@ -296,7 +318,8 @@ def detect_format(path: Path) -> str:
 
 
 def load_model(path: str | Path) -> ExportedModel:
-    """Load an exported model file (format detected from its content)."""
+    """Load an exported model file (format detected from its content) as an ``nn.Module`` in eval
+    mode that takes images (uint8, or floats in [0, 1]) and returns logits."""
     path = Path(path)
     if not path.is_file():
         raise PgnasError(f"no model file at {path}")
@@ -311,7 +334,7 @@ def load_model(path: str | Path) -> ExportedModel:
         if data.get("version") != VERSION:
             raise PgnasError(f"model file {path} has format version {data.get('version')}, this pgnas reads {VERSION}")
         gm = build_from_spec(data["graph"], data["state_dict"])
-        return ExportedModel(gm, json.loads(data["meta"]), "pt", gm)
+        return ExportedModel(gm, json.loads(data["meta"]), "pt")
     if fmt == "torchscript":
         extra = {META_FILE: ""}
         try:
@@ -320,8 +343,7 @@ def load_model(path: str | Path) -> ExportedModel:
             raise PgnasError(f"{path} is corrupt or not a TorchScript model ({type(exc).__name__})") from None
         if not extra[META_FILE]:
             raise PgnasError(f"{path} is a TorchScript model without pgnas metadata")
-        module.eval()
-        return ExportedModel(module, json.loads(extra[META_FILE]), "torchscript", module)
+        return ExportedModel(module, json.loads(extra[META_FILE]), "torchscript")
     try:
         import onnx
     except ImportError:
@@ -337,8 +359,4 @@ def load_model(path: str | Path) -> ExportedModel:
         session = _onnx_session(proto.SerializeToString())
     except ImportError:
         raise PgnasError("running an ONNX model needs onnxruntime: pip install 'pgnas[onnx]'") from None
-
-    def run(x: Tensor) -> Tensor:
-        return torch.from_numpy(session.run(None, {"input": x.float().numpy()})[0])
-
-    return ExportedModel(run, json.loads(meta[META_FILE]), "onnx")
+    return ExportedModel(_OnnxNet(session), json.loads(meta[META_FILE]), "onnx")

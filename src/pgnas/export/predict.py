@@ -41,7 +41,8 @@ def predict(model: ExportedModel | str | Path, images: Sequence[str | Path], top
     if not images:
         raise PgnasError("no image files given")
     batch = torch.stack([load_image(p, model.input_shape) for p in images])
-    probs = torch.softmax(model(model.normalise(batch)).float(), dim=1)
+    with torch.no_grad():
+        probs = torch.softmax(model(batch).float(), dim=1)
     k = min(top, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     classes = model.classes
@@ -65,8 +66,9 @@ def evaluate(model: ExportedModel | str | Path, dataset: str, *, data_dir: str |
     if data.num_classes != len(model.classes):
         raise PgnasError(f"data set {dataset!r} has {data.num_classes} classes, the model {len(model.classes)}")
     correct = 0
-    for s in range(0, len(y_all), batch_size):
-        logits = model(model.normalise(x_all[s : s + batch_size]))
-        correct += int((logits.argmax(1) == y_all[s : s + batch_size]).sum())
+    with torch.no_grad():
+        for s in range(0, len(y_all), batch_size):
+            logits = model(x_all[s : s + batch_size])
+            correct += int((logits.argmax(1) == y_all[s : s + batch_size]).sum())
     n = len(y_all)
     return {"dataset": dataset, "split": "test", "images": n, "correct": correct, "accuracy": correct / n}

@@ -130,6 +130,14 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     return saved.replace(**merged)
 
 
+def check_resumable(run_dir: Path, cfg: SearchConfig) -> None:
+    """A resumed run must be configured as it was saved, but for the settings that may change."""
+    saved = SearchConfig.from_toml(run_dir / "config.toml")
+    for f in dataclasses.fields(SearchConfig):
+        if f.name not in RESUME_MUTABLE and getattr(saved, f.name) != getattr(cfg, f.name):
+            raise PgnasError(f"--resume: {f.name} = {getattr(cfg, f.name)!r} differs from the run's saved {getattr(saved, f.name)!r}")
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     if resume and force:
         raise PgnasError("--resume and --force exclude each other")
@@ -161,10 +169,7 @@ def build_run(cfg: SearchConfig) -> Run:
     t0 = time.perf_counter()
     data = load_run_data(cfg)
     data_seconds = time.perf_counter() - t0
-    augment = dataclasses.replace(
-        data.augment,
-        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout", "autoaugment") if getattr(cfg, k) is not None},
-    )
+    augment = augment_for(cfg, data)
     cfg = cfg.replace(
         lambda_w=spec.lambda_w if cfg.lambda_w is None else cfg.lambda_w,
         n_data=default_n_data(cfg.dataset, data.sizes()["train"], cfg.train_subset) if cfg.n_data is None else cfg.n_data,
@@ -184,6 +189,14 @@ def build_run(cfg: SearchConfig) -> Run:
         model.to(memory_format=torch.channels_last)
         data.to(device)
     return Run(cfg, spec, data, model, posterior, augment, device, d, data_seconds)
+
+
+def augment_for(cfg: SearchConfig, data):
+    """The data set's augmentation with the configuration's overrides."""
+    return dataclasses.replace(
+        data.augment,
+        **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout", "autoaugment") if getattr(cfg, k) is not None},
+    )
 
 
 def load_run_data(cfg: SearchConfig):
@@ -231,18 +244,17 @@ def search(
         config = SearchConfig.from_dict(config)
     cfg = (config or SearchConfig()).replace()
     cfg.validate()
+    if cfg.weight_decay:
+        raise PgnasError("a search takes no weight decay: the KL term's (1-p)||W||^2 replaces it (weight_decay is for pgnas train)")
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     _prepare_run_dir(run_dir, resume, force)
     run = build_run(cfg.replace(out=str(run_dir)))  # all input errors surface before anything is written
     cfg, main = run.cfg, run.dist.is_main
     progress = progress and main
-    if resume:
-        saved = SearchConfig.from_toml(run_dir / "config.toml")
-        for f in dataclasses.fields(SearchConfig):
-            if f.name not in RESUME_MUTABLE and getattr(saved, f.name) != getattr(cfg, f.name):
-                raise PgnasError(f"--resume: {f.name} = {getattr(cfg, f.name)!r} differs from the run's saved {getattr(saved, f.name)!r}")
     ckpt_path = run_dir / "checkpoint.pt"
     has_ckpt = ckpt_path.exists() or previous_path(ckpt_path).exists()
+    if resume:
+        check_resumable(run_dir, cfg)
     state = load_resume_checkpoint(ckpt_path) if (resume and has_ckpt) else None
     trainer = PosteriorTrainer(
         run.model, run.posterior, run.data, cfg, device=run.device, augment=run.augment,
@@ -270,49 +282,64 @@ def search(
     barrier(run.dist)
 
     # ---- posterior training
+    with StopRequests() as stop:
+        t_train = time.perf_counter()
+        train_seconds = run_training(trainer, cfg, run_dir, state=state, stop=stop, progress=progress, dist=run.dist,
+                                     on_epoch_end=on_epoch_end, command="search")
+        timings = {"data": run.data_seconds, "train": time.perf_counter() - t_train if to_train else 0.0}
+        return _select_and_report(run, run_dir, resume=resume, progress=progress, train_seconds=train_seconds, stop=stop,
+                                  t_start=t_start, timings=timings, command="search")
+
+
+def run_training(trainer: PosteriorTrainer, cfg: SearchConfig, run_dir: Path, *, state: dict | None, stop: StopRequests,
+                 progress: bool, dist: Dist, on_epoch_end: Callable[[dict], None] | None = None, command: str = "search",
+                 what: str | None = None) -> float:
+    """Train the epochs left: metrics.jsonl a line per epoch, checkpoint.pt at every epoch end and
+    every ``checkpoint_minutes`` inside one (rank 0 writes), stop on SIGTERM/SIGINT with a checkpoint.
+    Returns the run's training seconds so far."""
+    main = dist.is_main
+    ckpt_path = run_dir / "checkpoint.pt"
+    metrics_path = run_dir / "metrics.jsonl"
     train_seconds = float(state.get("train_seconds", 0.0)) if state else 0.0
 
     def write_checkpoint(st: dict) -> None:
         if main:
             save_checkpoint(ckpt_path, {"supernet": cfg.supernet, "config": _plain(cfg.to_dict()), "train_seconds": train_seconds, **st})
 
-    if to_train and progress:
-        _log(f"training {cfg.supernet} on {cfg.dataset} for {cfg.epochs} epochs ({trainer.steps_per_epoch} steps each) on {run.device}"
-             + (f", resuming at epoch {trainer.epoch + 1} batch {trainer.batch}" if state is not None else ""))
-    with StopRequests() as stop:
-        control = _Control(stop, cfg.checkpoint_minutes, write_checkpoint)
-        for _ in range(trainer.epoch, cfg.epochs):
-            bar = _progress(progress, total=trainer.steps_per_epoch, initial=trainer.batch,
-                            desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", leave=False, unit="step")
-            try:
-                metrics = trainer.train_epoch(bar, control)
-            except Stopped as exc:
-                raise _stopped(exc, f"training: {exc}; checkpoint written to {ckpt_path}", run_dir, "search") from None
-            except PgnasError as exc:
-                raise PgnasError(f"{exc} ({ckpt_path})") from None
-            finally:
-                bar.close()
-            train_seconds += metrics["seconds"]
-            if main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-            write_checkpoint(trainer.state_dict())
-            control.saved()
-            barrier(run.dist)
-            if progress:
-                _log(
-                    f"epoch {metrics['epoch']:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  ce {metrics['ce']:.4f}  "
-                    f"kl {metrics['kl']:.4f}  train acc {metrics['train_acc']:.4f}  mean p {metrics['mean_p']:.4f}  "
-                    f"{metrics['seconds']:.1f}s"
-                )
-            if on_epoch_end is not None:
-                on_epoch_end(metrics)
-            if trainer.stop_after_epoch:
-                exc = Stopped(f"stopped after epoch {trainer.epoch}", stop.signum)
-                raise _stopped(exc, f"training: {exc}; checkpoint written to {ckpt_path}", run_dir, "search")
-        timings = {"data": run.data_seconds, "train": train_seconds if to_train else 0.0}
-        return _select_and_report(run, run_dir, resume=resume, progress=progress, train_seconds=train_seconds, stop=stop,
-                                  t_start=t_start, timings=timings, command="search")
+    if trainer.epoch < cfg.epochs and progress:
+        _log(f"training {what or cfg.supernet} on {cfg.dataset} for {cfg.epochs} epochs ({trainer.steps_per_epoch} steps each) "
+             f"on {trainer.device}" + (f", resuming at epoch {trainer.epoch + 1} batch {trainer.batch}" if state is not None else ""))
+    control = _Control(stop, cfg.checkpoint_minutes, write_checkpoint)
+    for _ in range(trainer.epoch, cfg.epochs):
+        bar = _progress(progress, total=trainer.steps_per_epoch, initial=trainer.batch,
+                        desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", leave=False, unit="step")
+        try:
+            metrics = trainer.train_epoch(bar, control)
+        except Stopped as exc:
+            raise _stopped(exc, f"training: {exc}; checkpoint written to {ckpt_path}", run_dir, command) from None
+        except PgnasError as exc:
+            raise PgnasError(f"{exc} ({ckpt_path})") from None
+        finally:
+            bar.close()
+        train_seconds += metrics["seconds"]
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        write_checkpoint(trainer.state_dict())
+        control.saved()
+        barrier(dist)
+        if progress:
+            p = f"  mean p {metrics['mean_p']:.4f}" if metrics.get("mean_p") is not None else ""
+            _log(
+                f"epoch {metrics['epoch']:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  ce {metrics['ce']:.4f}  "
+                f"kl {metrics['kl']:.4f}  train acc {metrics['train_acc']:.4f}{p}  {metrics['seconds']:.1f}s"
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(metrics)
+        if trainer.stop_after_epoch:
+            exc = Stopped(f"stopped after epoch {trainer.epoch}", stop.signum)
+            raise _stopped(exc, f"training: {exc}; checkpoint written to {ckpt_path}", run_dir, command)
+    return train_seconds
 
 
 class _Control(TrainControl):
@@ -346,7 +373,7 @@ def _stopped(exc: Stopped, what: str, run_dir: Path, command: str) -> Stopped:
     import signal as _signal
 
     name = _signal.Signals(exc.signum).name if exc.signum else "request"
-    how = f"pgnas search --out {run_dir} --resume" if command == "search" else "the same pgnas sample command with --resume"
+    how = f"pgnas {command} --out {run_dir} --resume" if command in ("search", "train") else f"the same pgnas {command} command with --resume"
     return Stopped(f"stopped by {name} during {what}; continue with: {how}", exc.signum)
 
 
@@ -487,6 +514,11 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
             raise _stopped(exc, f"candidate scoring ({exc}, kept in {cand_path})", run_dir, command)
         records = [allrec[i] for i in range(cfg.candidates)]
     ranked = rank(records)
+    if setup["precision"] != "fp32":  # the finalists again in fp32: bf16 rounding must not pick the winner
+        finalists = [dict(r) for r in ranked[: max(cfg.top_k, 2)] if r.get("val_seen", scorer.n) == scorer.n]
+        scorer.rescore_fp32(finalists)
+        chosen = {r["index"] for r in finalists}
+        ranked = rank(finalists) + [r for r in ranked if r["index"] not in chosen]
     timings["score"] = time.perf_counter() - t_score
     if progress:
         _log(f"scored {cfg.candidates} candidates in {timings['score']:.1f}s: best val {ranked[0]['val_acc']:.4f} "

@@ -63,11 +63,14 @@ def correct_matrix(
     device: torch.device,
     indices: Tensor | None = None,
     split: str = "val",
+    fp32: bool = False,
 ) -> Tensor:
     """Per candidate and image, is its prediction right: a (len(masks), n) bool tensor on the CPU,
     over the images of ``split`` at ``indices`` (all, in order, by default). ``tile`` candidates
-    share a forward pass of about ``batch_size`` rows (``batch_size // tile`` images each)."""
+    share a forward pass of about ``batch_size`` rows (``batch_size // tile`` images each).
+    ``fp32``: no bf16 autocast on a GPU (re-scoring finalists exactly)."""
     model.eval()
+    precision = contextlib.nullcontext if fp32 else (lambda: autocast_for(device))
     rows: list[Tensor] = []
     try:
         for g in range(0, len(masks), tile):
@@ -79,7 +82,7 @@ def correct_matrix(
                 xt = xb.repeat(k, *([1] * (xb.dim() - 1))) if k > 1 else xb
                 if xt.is_cuda:
                     xt = xt.contiguous(memory_format=torch.channels_last)
-                with autocast_for(device):
+                with precision():
                     logits, _ = split_output(model(xt))
                 parts.append(logits.argmax(-1).view(k, -1) == yb[None])
             rows.append(torch.cat(parts, 1).cpu() if parts else torch.zeros(k, 0, dtype=torch.bool))
@@ -225,12 +228,12 @@ class CandidateScorer:
             "removed_ops": len(st["removed_ops"]),
         }
 
-    def correct(self, indices: Sequence[int], examples: Tensor | None = None) -> dict[int, Tensor]:
+    def correct(self, indices: Sequence[int], examples: Tensor | None = None, fp32: bool = False) -> dict[int, Tensor]:
         """Per candidate, its correctness on each validation image at ``examples`` (all by
         default): this rank scores its share of the candidates, the results are gathered."""
         mine = list(indices)[self.dist.rank :: self.dist.world_size]
         masks = [self.masks(i) for i in mine]
-        kw = dict(batch_size=self.batch_size, device=self.device, indices=examples)
+        kw = dict(batch_size=self.batch_size, device=self.device, indices=examples, fp32=fp32)
         if self.bn_recalibrate:
             rows = []
             for m in masks:
@@ -264,6 +267,16 @@ class CandidateScorer:
             if should_stop is not None and any(gather_objects(bool(should_stop()), self.dist)):
                 break
         return records
+
+    def rescore_fp32(self, records: list[dict]) -> None:
+        """Score ``records`` (finalists scored on the whole split in bf16) again without autocast,
+        in place: ``val_acc`` becomes the fp32 score, the bf16 one is kept as ``val_acc_bf16``, so
+        bf16 rounding cannot decide the final choice."""
+        rows = self.correct([r["index"] for r in records], fp32=True)
+        for r in records:
+            r["val_acc_bf16"] = r["val_acc"]
+            r["val_acc"] = int(rows[r["index"]].sum()) / self.n
+        self._masks.clear()
 
     def race(self, indices: Sequence[int], *, eta: int = 3, rungs: int = 4, keep_min: int = 1,
              on_rung: Callable[[int, int, int], None] | None = None) -> list[dict]:

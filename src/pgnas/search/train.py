@@ -90,7 +90,7 @@ class PosteriorTrainer:
     def __init__(
         self,
         model: nn.Module,
-        posterior: Posterior,
+        posterior: Posterior | None,
         data,
         config: SearchConfig,
         *,
@@ -100,7 +100,10 @@ class PosteriorTrainer:
         n_data: float,
         aux_weight: float = 0.0,
         dist: Dist = Dist(),
+        weight_decay: float = 0.0,
     ) -> None:
+        """``posterior=None`` trains ``model`` plainly (cross-entropy, ``weight_decay``), in the same
+        loop: the baseline a search is measured against, and ``pgnas train``."""
         self.model = model
         self.posterior = posterior
         self.data = data
@@ -113,8 +116,11 @@ class PosteriorTrainer:
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         params = [p for p in model.parameters() if p.requires_grad]
-        # No weight decay anywhere: the KL term's (1-p)||W||^2 replaces it (method section 1.8).
-        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0, weight_decay=0.0)
+        # A search has no weight decay anywhere: the KL term's (1-p)||W||^2 replaces it (method section 1.8).
+        if posterior is not None and weight_decay:
+            raise PgnasError("a posterior search takes no weight decay: the KL term's (1-p)||W||^2 replaces it")
+        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+                                         weight_decay=weight_decay)
         self.params = params
         self.step = 0  # optimizer steps done
         self.epoch = 0  # epochs completed
@@ -194,9 +200,13 @@ class PosteriorTrainer:
             logits, aux = split_output(self.net(x))
             ce = F.cross_entropy(logits.float(), y)
             loss_ce = ce if aux is None else ce + self.aux_weight * F.cross_entropy(aux.float(), y)
-        kl_w, kl_e = self.posterior.kl_terms(self.n_data)
-        kl_w, kl_e = self.lambda_w * kl_w, cfg.lambda_p * kl_e
-        loss = loss_ce + kl_w + kl_e
+        if self.posterior is not None:
+            kl_w, kl_e = self.posterior.kl_terms(self.n_data)
+            kl_w, kl_e = self.lambda_w * kl_w, cfg.lambda_p * kl_e
+            loss = loss_ce + kl_w + kl_e
+        else:  # a plain network (pgnas train, baselines): the KL term's place is taken by weight decay
+            kl_w = kl_e = torch.zeros((), device=ce.device)
+            loss = loss_ce
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -246,8 +256,8 @@ class PosteriorTrainer:
             "kl_weight": kw / seen,
             "kl_entropy": ke / seen,
             "train_acc": correct / seen,
-            "mean_p": self.posterior.mean_p(),
-            "p": {name: _p_summary(ps) for name, ps in self.posterior.probs().items()},
+            "mean_p": self.posterior.mean_p() if self.posterior is not None else None,
+            "p": {name: _p_summary(ps) for name, ps in self.posterior.probs().items()} if self.posterior is not None else {},
             "seconds": self._seconds,
             "world_size": self.dist.world_size,
         }

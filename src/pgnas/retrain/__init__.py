@@ -1,0 +1,222 @@
+"""After export: train a network plainly (``pgnas train``), the search -> export -> retrain path.
+
+* ``train(cfg, model_file=MODEL.pt)`` fine-tunes an exported network (``reinit=True``: the same
+  architecture from scratch);
+* ``train(cfg)`` with ``cfg.supernet`` trains any built-in or bring-your-own network as it is
+  (no hybrid representation, no KL term: cross-entropy and ordinary ``weight_decay``).
+
+It is the search's training loop without a posterior (``PosteriorTrainer(posterior=None)``): the
+same data pipeline and augmentation, learning-rate schedules, checkpoints every
+``checkpoint_minutes``, ``--resume``, SIGTERM handling. The result is again an exported model file
+(``model.pt`` + ``model.json`` in the results folder) that ``pgnas evaluate``, ``pgnas predict``,
+``pgnas.load_model`` and a further ``pgnas train`` take.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pgnas.config import SearchConfig
+from pgnas.errors import PgnasError
+
+TRAIN_FILES = ("config.toml", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "summary.json", "split.json",
+               "model.pt", "model.json")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    model: nn.Module  # the trained network (takes normalised input)
+
+
+def _reinit(model: nn.Module) -> None:
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+        if hasattr(m, "reset_running_stats"):
+            m.reset_running_stats()
+
+
+def _network(cfg: SearchConfig, data, model_file: str | Path | None, reinit: bool) -> tuple[nn.Module, str, float, Any]:
+    """The network to train, a name for it, its aux-head weight and its spec (None for a file)."""
+    if model_file is not None:
+        from pgnas.export.formats import load_model
+
+        exported = load_model(model_file)
+        if exported.format != "pt":
+            raise PgnasError(f"{model_file} is a {exported.format} file; pgnas train takes a .pt export (TorchScript and ONNX are for serving)")
+        want = (data.in_channels, *data.image_size)
+        if tuple(exported.input_shape) != want:
+            raise PgnasError(f"{model_file} reads images of shape {tuple(exported.input_shape)}, data set {cfg.dataset!r} has {want}")
+        if len(exported.classes) != data.num_classes:
+            raise PgnasError(f"{model_file} predicts {len(exported.classes)} classes, data set {cfg.dataset!r} has {data.num_classes}")
+        net = exported.net
+        if reinit:
+            _reinit(net)
+        return net, Path(model_file).name, 0.0, None
+    from pgnas.supernets import get_supernet
+
+    spec = get_supernet(cfg.supernet)
+    torch.manual_seed(cfg.seed)
+    try:
+        net = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
+    except (ValueError, TypeError) as exc:
+        raise PgnasError(f"super-network {cfg.supernet!r} cannot be built: {exc}") from None
+    return net, cfg.supernet, spec.aux_weight, spec
+
+
+def train(
+    config: SearchConfig | dict,
+    *,
+    model_file: str | Path | None = None,
+    reinit: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a network plainly and export it (see the module's description)."""
+    from pgnas.data import load_dataset  # noqa: F401  (the data stage, through the search's loader)
+    from pgnas.search.checkpoint import atomic_write_text, load_resume_checkpoint, previous_path
+    from pgnas.search.distributed import barrier, init_from_env
+    from pgnas.search.pipeline import (
+        _log, _prepare_run_dir, _truncate_metrics, augment_for, check_resumable, load_run_data, resolve_device, run_training,
+    )
+    from pgnas.search.select import accuracy
+    from pgnas.search.signals import StopRequests
+    from pgnas.search.train import PosteriorTrainer
+
+    t_start = time.perf_counter()
+    if isinstance(config, dict):
+        config = SearchConfig.from_dict(config)
+    cfg = config.replace()
+    cfg.validate()
+    if not cfg.out:
+        raise PgnasError("pgnas train needs --out DIR (the results folder)")
+    run_dir = Path(cfg.out)
+    if model_file is not None and not Path(model_file).is_file():
+        raise PgnasError(f"no model file at {model_file}")
+    _prepare_run_dir(run_dir, resume, force)
+    if resume:
+        saved = SearchConfig.from_toml(run_dir / "config.toml")
+        meta_path = run_dir / "train.json"
+        origin = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        model_file = origin.get("model_file", model_file)
+        reinit = origin.get("reinit", reinit)
+        cfg = saved.replace(**{k: getattr(cfg, k) for k in ("device", "checkpoint_minutes", "data_cache")}, out=str(run_dir))
+    device = resolve_device(cfg.device)
+    dist = init_from_env(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    t0 = time.perf_counter()
+    data = load_run_data(cfg)
+    data_seconds = time.perf_counter() - t0
+    net, name, aux_weight, spec = _network(cfg, data, model_file, reinit)
+    cfg = cfg.replace(supernet=cfg.supernet if model_file is None else f"file:{name}", lambda_w=0.0)
+    net.to(device)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+        data.to(device)
+    if resume:
+        check_resumable(run_dir, cfg)
+    ckpt_path = run_dir / "checkpoint.pt"
+    state = load_resume_checkpoint(ckpt_path) if resume and (ckpt_path.exists() or previous_path(ckpt_path).exists()) else None
+    trainer = PosteriorTrainer(net, None, data, cfg, device=device, augment=augment_for(cfg, data), lambda_w=0.0, n_data=1.0,
+                               aux_weight=aux_weight, dist=dist, weight_decay=cfg.weight_decay)
+    if state is not None:
+        trainer.load_state_dict(state)
+    main = dist.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if force:
+            for f in TRAIN_FILES + ("train.json",):
+                (run_dir / f).unlink(missing_ok=True)
+        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+        atomic_write_text(run_dir / "train.json", json.dumps({"model_file": str(model_file) if model_file else None, "reinit": reinit}) + "\n")
+        atomic_write_text(run_dir / "split.json", json.dumps({"dataset": cfg.dataset, **data.describe_split()}) + "\n")
+        _truncate_metrics(run_dir / "metrics.jsonl", trainer.epoch)
+    barrier(dist)
+    progress = progress and main
+    what = f"{name}" + (" (re-initialised)" if reinit else "")
+    with StopRequests() as stop:
+        t_train = time.perf_counter()
+        train_seconds = run_training(trainer, cfg, run_dir, state=state, stop=stop, progress=progress, dist=dist,
+                                     command="train", what=what)
+        train_wall = time.perf_counter() - t_train
+    t_test = time.perf_counter()
+    val_acc = accuracy(net, data, "val", cfg.eval_batch_size, device)
+    test_acc = accuracy(net, data, "test", cfg.eval_batch_size, device)
+    test_seconds = time.perf_counter() - t_test
+    t_export = time.perf_counter()
+    summary: dict[str, Any] = {
+        "command": "train",
+        "network": what,
+        "model_file": str(model_file) if model_file else None,
+        "supernet": cfg.supernet,
+        "dataset": cfg.dataset,
+        "epochs": cfg.epochs,
+        "weight_decay": cfg.weight_decay,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "params": sum(p.numel() for p in net.parameters()),
+        "splits": data.sizes(),
+        "training_seconds": train_seconds,
+        "device": str(device),
+        "world_size": dist.world_size,
+        "torch": torch.__version__,
+    }
+    if main:
+        summary["export"] = _export(net, cfg, data, run_dir, summary)
+    seconds = {"data": data_seconds, "train": train_wall, "test": test_seconds, "export": time.perf_counter() - t_export}
+    total = time.perf_counter() - t_start
+    summary["seconds"] = {**{k: round(v, 3) for k, v in seconds.items()}, "other": round(max(0.0, total - sum(seconds.values())), 3),
+                          "total": round(total, 3)}
+    if main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if progress:
+            _log(f"trained {what}: val {val_acc:.4f}, test {test_acc:.4f}; model: {run_dir / 'model.pt'}")
+    barrier(dist)
+    return TrainResult(run_dir, summary, net)
+
+
+def _export(net: nn.Module, cfg: SearchConfig, data, run_dir: Path, summary: dict) -> dict:
+    """The trained network as an exported model file (the pt format: graph + weights)."""
+    import torch.fx as fx
+
+    from pgnas.export.formats import graph_spec, model_bytes
+    from pgnas.export.from_run import DESCRIPTION_FORMAT
+    from pgnas.profile import count_macs
+    from pgnas.search.checkpoint import atomic_write_bytes
+
+    net = net.cpu().eval()
+    shape = [data.in_channels, *data.image_size]
+    if isinstance(net, fx.GraphModule):
+        gm = net
+    else:
+        try:
+            gm = fx.symbolic_trace(net)
+        except Exception as exc:  # noqa: BLE001
+            raise PgnasError(f"the trained network cannot be saved as a pgnas model file: torch.fx cannot trace it ({exc})") from None
+    meta = {
+        "dataset": cfg.dataset, "classes": list(data.classes), "mean": [float(v) for v in data.mean],
+        "std": [float(v) for v in data.std], "input_shape": shape, "trained_by": "pgnas train", "network": summary["network"],
+    }
+    example = torch.zeros((2, *shape))
+    content = model_bytes(gm, "pt", meta, example)
+    macs = count_macs(gm, tuple(shape))
+    description = {"format": DESCRIPTION_FORMAT, "version": 1, **meta, "model_file": "model.pt", "model_format": "pt",
+                   "params": summary["params"], "macs": macs, "val_acc": summary["val_acc"], "test_acc": summary["test_acc"],
+                   "graph": graph_spec(gm)}
+    atomic_write_bytes(run_dir / "model.pt", lambda f: f.write(content))
+    atomic_write_bytes(run_dir / "model.json", lambda f: f.write((json.dumps(description, indent=1) + "\n").encode()))
+    return {"model": str(run_dir / "model.pt"), "params": summary["params"], "macs": macs}
+
+
+__all__ = ["TrainResult", "train"]
