@@ -172,3 +172,15 @@ def test_shared_cifar10_jpeg():
     assert torch.equal(d.train_x, entry["train_x"][keep]) and torch.equal(d.val_x, entry["train_x"][d.val_indices])
     # channel means of the training images, as published for CIFAR-10 (JPEG: within 0.005)
     assert np.allclose(d.mean, (0.4914, 0.4822, 0.4465), atol=5e-3)
+
+
+def test_resize_uint8_averages_pixel_blocks_when_halving():
+    from pgnas.data.tensor_data import resize_uint8
+
+    x = torch.randint(0, 256, (3, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.int64).to(torch.uint8)
+    small = resize_uint8(x, (4, 4))
+    blocks = x.double().reshape(3, 3, 4, 2, 4, 2).mean((3, 5))
+    assert small.dtype == torch.uint8 and small.shape == (3, 3, 4, 4)
+    assert (small.double() - blocks).abs().max() <= 0.5 + 1e-9  # rounded block means
+    assert resize_uint8(x, (8, 8)) is x
+    assert resize_uint8(x, (12, 12)).shape == (3, 3, 12, 12)

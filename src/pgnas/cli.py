@@ -363,8 +363,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(json.dumps({name: {**s, "needs": HARDWARE.get(name)} for name, s in PRESETS.items()}, indent=2))
         return 0
     for name, s in PRESETS.items():
-        print(f"{name}: {s['supernet']} on {s['dataset']}, {s['epochs']} epochs, batch {s['batch_size']}, lr {s['lr']:g} "
-              f"({s['lr_schedule']}), lambda_w {s['lambda_w']:g}, N {s['n_data']:g}, {s['candidates']} candidates - needs {HARDWARE.get(name)}")
+        n = f"{s['n_data']:g}" if "n_data" in s else "default"
+        extra = "".join(f", {k.replace('_', ' ')} {s[k]}" for k in ("image_size", "train_subset") if k in s)
+        print(f"{name}: {s['supernet']} on {s['dataset']}{extra}, {s['epochs']} epochs, batch {s['batch_size']}, lr {s['lr']:g} "
+              f"({s['lr_schedule']}), lambda_w {s['lambda_w']:g}, N {n}, {s['candidates']} candidates - needs {HARDWARE.get(name)}")
     return 0
 
 
