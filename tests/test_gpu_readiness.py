@@ -110,3 +110,26 @@ def test_finalists_are_rescored_in_fp32_when_scoring_ran_in_bf16(tmp_path, monke
     top = res.summary["top_k"]
     assert all(r["val_acc_bf16"] == r["val_acc"] for r in top)
     assert [r["val_acc"] for r in top] == sorted((r["val_acc"] for r in top), reverse=True)
+
+
+def test_gpu_all_runs_every_stage_on_the_cpu(tmp_path):
+    """The device's one command, smoke-tested here: every stage of the check and the evidence
+    script runs and writes its JSON (numbers meaningless on a CPU)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PY": sys.executable, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_all.sh", str(tmp_path), "--cpu-smoke"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    check = json.loads((tmp_path / "gpu_check.json").read_text())
+    for stage in ("pgnas_step", "same_loop_plain", "plain_fp32_dataloader", "candidates", "imagenet_loader", "compiled"):
+        assert "error" not in check[stage], (stage, check[stage])
+    assert {"pgnas_vs_same_loop", "pgnas_vs_plain"} <= set(check) and check["env"]["torch"]
+    assert check["compiled"]["graphs_compiled"] == 1
+    evidence = json.loads((tmp_path / "gpu_evidence.json").read_text())
+    assert "error" not in evidence and evidence["pgnas"]["test_error"] >= 0 and evidence["random"]["p"] > 0
