@@ -117,14 +117,15 @@ def main() -> None:
         cfg = pgnas.SearchConfig.from_dict({**base, "supernet": net, "epochs": epochs, "seed": 0})
         g = pgnas.search(cfg.replace(out=str(work / "pgnas")), force=True, progress=False)
         total = g.summary["supernet_params"]
-        res["pgnas"] = {"test_error": 1 - g.selected["test_acc"], "params": g.selected["params"], "kept_param_fraction": g.selected["params"] / total,
+        res["pgnas"] = {"test_error": 1 - g.selected["test_acc"], "params": g.selected["params_kept_slices"], "params_slim": g.selected["params"],
+                        "kept_param_fraction": g.selected["params_kept_slices"] / total,
                         "mean_p": g.summary["posterior"]["mean_p"], "supernet_test_error": 1 - g.summary["supernet_test_acc"],
                         "candidate_val_mean": g.summary["candidate_val_acc"]["mean"], "seconds": g.summary["seconds"]}
         save()
         sliced = sum(pl.layer.weight.numel() for pl in g.posterior)
-        p = min(0.95, max(0.01, (1 - g.selected["params"] / total) * total / sliced))
+        p = min(0.95, max(0.01, (1 - g.selected["params_kept_slices"] / total) * total / sliced))
         r = pgnas.search(cfg.replace(posterior=f"fixed:{p:.4f}", out=str(work / "random")), force=True, progress=False)
-        res["random"] = {"test_error": 1 - r.selected["test_acc"], "params": r.selected["params"], "p": p,
+        res["random"] = {"test_error": 1 - r.selected["test_acc"], "params": r.selected["params_kept_slices"], "params_slim": r.selected["params"], "p": p,
                          "supernet_test_error": 1 - r.summary["supernet_test_acc"], "candidate_val_mean": r.summary["candidate_val_acc"]["mean"],
                          "seconds": r.summary["seconds"]}
         res["pgnas_vs_random_error_ratio"] = res["pgnas"]["test_error"] / res["random"]["test_error"]

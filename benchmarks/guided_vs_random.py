@@ -167,6 +167,7 @@ def main() -> None:
     elif args.quick:
         data = dict(dataset="digits", data_dir=None, val_size=None, train_subset=None)
         args.epochs, args.candidates, args.finetune_epochs, args.seeds = 3, 12, 1, args.seeds[:1]
+        args.work = args.work + "_quick"  # never the folders of the real benchmark
     else:
         if not SHARED_CIFAR.exists():
             raise SystemExit(f"guided_vs_random: {SHARED_CIFAR} is absent (the shared CIFAR-10 JPEG archive)")
@@ -198,8 +199,8 @@ def main() -> None:
             "random_finetuned_test_error": 1 - ft_acc,
             "supernet_test_error": 1 - g.summary["supernet_test_acc"],
             "random_supernet_test_error": 1 - r.summary["supernet_test_acc"],
-            "pgnas_params": g.selected["params"],
-            "random_params": r.selected["params"],
+            "pgnas_params": g.selected.get("params_kept_slices", g.selected["params"]),
+            "random_params": r.selected.get("params_kept_slices", r.selected["params"]),
             "pgnas_slim_params": (g.summary.get("export") or {}).get("params"),
             "random_slim_params": (r.summary.get("export") or {}).get("params"),
             "pgnas_kept_fraction": g.selected["kept_fraction"],

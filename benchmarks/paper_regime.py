@@ -151,24 +151,23 @@ def run_seed(base: dict, seed: int, work: Path, device) -> tuple[dict, dict]:
     pg = search(cfg.replace(out=str(work / f"pgnas-s{seed}")))
     total = pg.summary["supernet_params"]
     sel = pg.selected
-    slim = pg.summary.get("export", {})
-    arms["pgnas"] = {"test_acc": sel["test_acc"], "val_acc": sel["val_acc"], "params_kept_slices": sel["params"],
-                     "params_slim": slim.get("params"), "macs_slim": slim.get("macs"), "index": sel["index"],
-                     "kept_param_fraction": sel["params"] / total, "kept_channel_fraction": sel["kept_fraction"],
+    arms["pgnas"] = {"test_acc": sel["test_acc"], "val_acc": sel["val_acc"], "params_kept_slices": sel["params_kept_slices"],
+                     "params_slim": sel["params"], "macs_slim": sel["macs"], "index": sel["index"],
+                     "kept_param_fraction": sel["params_kept_slices"] / total, "kept_channel_fraction": sel["kept_fraction"],
                      "mean_p": pg.summary["posterior"]["mean_p"], "candidate_val_mean": pg.summary["candidate_val_acc"]["mean"],
                      "candidate_val_std": pg.summary["candidate_val_acc"]["std"], "training_seconds": pg.summary["training_seconds"]}
-    arms["supernet"] = {"test_acc": pg.summary["supernet_test_acc"], "params": total, "macs": slim.get("supernet_macs")}
+    arms["supernet"] = {"test_acc": pg.summary["supernet_test_acc"], "params": total, "macs": pg.summary.get("supernet_macs")}
     curves = {"pgnas": curve(pg, data, device, seed)}
 
     log(f"seed {seed}: magnitude arm")
     arms["magnitude"] = magnitude_arm(pg, data, device, shape)
 
-    p = uniform_p_for(pg.model, pg.posterior, sel["params"] / total)
+    p = uniform_p_for(pg.model, pg.posterior, sel["params_kept_slices"] / total)
     log(f"seed {seed}: random search at fixed p {p:.4f}")
     rd = search(cfg.replace(posterior=f"fixed:{p:.4f}", out=str(work / f"random-s{seed}")))
-    rsel, rslim = rd.selected, rd.summary.get("export", {})
-    arms["random"] = {"test_acc": rsel["test_acc"], "val_acc": rsel["val_acc"], "params_kept_slices": rsel["params"],
-                      "params_slim": rslim.get("params"), "macs_slim": rslim.get("macs"), "p": p, "index": rsel["index"],
+    rsel = rd.selected
+    arms["random"] = {"test_acc": rsel["test_acc"], "val_acc": rsel["val_acc"], "params_kept_slices": rsel["params_kept_slices"],
+                      "params_slim": rsel["params"], "macs_slim": rsel["macs"], "p": p, "index": rsel["index"],
                       "supernet_test_acc": rd.summary["supernet_test_acc"],
                       "candidate_val_mean": rd.summary["candidate_val_acc"]["mean"], "candidate_val_std": rd.summary["candidate_val_acc"]["std"]}
     curves["random"] = curve(rd, data, device, seed)
@@ -266,7 +265,7 @@ def main() -> None:
             name = f"pgnas-s{seed}" if lw == (cfg0.lambda_w or 50.0) else f"lambda{lw:g}-s{seed}"
             log(f"lambda_w {lw:g}")
             res = search(cfg0.replace(lambda_w=lw, candidates=min(100, args.candidates), out=str(work / name)))
-            points.append({"lambda_w": lw, "params": res.selected["params"], "params_slim": res.summary.get("export", {}).get("params"),
+            points.append({"lambda_w": lw, "params": res.selected["params_kept_slices"], "params_slim": res.selected["params"],
                            "test_error": 1 - res.selected["test_acc"], "mean_p": res.summary["posterior"]["mean_p"],
                            "supernet_test_error": 1 - res.summary["supernet_test_acc"], "run": name})
             (out_dir / "lambda_sweep.json").write_text(json.dumps({"points": points, "seed": seed, "config": base}, indent=2) + "\n")

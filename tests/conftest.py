@@ -7,8 +7,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-# Keep the suite predictable on small CI machines.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Keep the suite predictable on small CI machines (PGNAS_TEST_THREADS overrides, e.g. 1 beside a benchmark).
+torch.set_num_threads(int(os.environ.get("PGNAS_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture

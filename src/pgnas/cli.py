@@ -17,7 +17,29 @@ from pgnas.errors import PgnasError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> None:  # one line, exit 2, with the closest flag or command for a typo
+        import difflib
+
+        if message.startswith("unrecognized arguments:"):
+            parsers = [self] + [p for a in self._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+            flags = sorted({o for p in parsers for a in p._actions for o in a.option_strings})
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                if word.startswith("--"):
+                    match = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+                    if match:
+                        hints.append(f"{word} -> {match[0]}?")
+            if hints:
+                message += " (did you mean " + ", ".join(hints) + ")"
+        elif "invalid choice" in message:
+            import re
+
+            m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+            if m:
+                options = [o.strip(" '") for o in m.group(2).split(",")]
+                match = difflib.get_close_matches(m.group(1), options, n=1)
+                if match:
+                    message += f" (did you mean {match[0]}?)"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -32,25 +54,23 @@ def _field_type(f: dataclasses.Field):
     return str
 
 
-_HELP = {
-    "supernet": "super-network name (see `pgnas supernets`) or module:function",
-    "dataset": "data set name (digits, ...)",
-    "data_dir": "folder holding the data set's files",
-    "epochs": "posterior training epochs",
-    "candidates": "number of candidates to sample and rank",
-    "posterior": "'learned' (PGNAS) or 'fixed:P' (random baseline with drop rate P)",
-    "lambda_w": "weight prior l^2 (default: the super-network's, paper section 3)",
-    "n_data": "N of the KL term (default: 5e5 for cifar10/cifar100, 1.2e6 for imagenet, else 10 x training images)",
-    "val_size": "held-out validation split: a fraction (<1) or a count",
-    "out": "results folder (default: runs/<supernet>-<dataset>-<time>)",
-    "device": "auto, cpu or cuda[:N]",
-}
+def _flag_help(f: dataclasses.Field) -> str:
+    """A setting's meaning (config.FIELD_HELP) and its default."""
+    from pgnas.config import FIELD_HELP
+
+    text = FIELD_HELP.get(f.name, "")
+    if "(default" in text:
+        return text
+    default = f.default
+    shown = "none" if default is None else ("on" if default is True else "off" if default is False else default)
+    return f"{text} (default: {shown})"
 
 
+SAMPLE_KEYS = ("top_k", "eval_tile", "eval_batch_size", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "threads")
 TRAIN_KEYS = (
     "supernet", "dataset", "data_dir", "download", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "grad_clip",
     "weight_decay", "val_size", "split_seed", "train_subset", "crop_pad", "flip", "cutout", "autoaugment", "data_cache",
-    "skip_bad", "image_size", "eval_batch_size", "seed", "device", "compile", "checkpoint_minutes", "out",
+    "skip_bad", "image_size", "eval_batch_size", "seed", "device", "compile", "checkpoint_minutes", "threads", "out",
 )
 
 
@@ -61,9 +81,9 @@ def _add_config_flags(p: argparse.ArgumentParser, only: Sequence[str] | None = N
         flag = "--" + f.name.replace("_", "-")
         typ = _field_type(f)
         if typ == "bool":
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=_HELP.get(f.name))
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=_flag_help(f))
         else:
-            p.add_argument(flag, dest=f.name, type=typ, default=None, metavar=f.name.upper(), help=_HELP.get(f.name))
+            p.add_argument(flag, dest=f.name, type=typ, default=None, metavar=f.name.upper(), help=_flag_help(f))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,14 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--candidates", type=int, required=True, help="number of candidates")
     sm.add_argument("--out", help="results folder (default: RUN_DIR/sample-<C>)")
     sm.add_argument("--seed", type=int, default=None, help="candidate seed (default: the search's, so candidate i is the same)")
-    sm.add_argument("--top-k", dest="top_k", type=int, default=None)
-    sm.add_argument("--eval-tile", dest="eval_tile", type=int, default=None, help="candidates per forward pass")
-    sm.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=None)
-    sm.add_argument("--race", action=argparse.BooleanOptionalAction, default=None, help="successive halving")
-    sm.add_argument("--race-eta", dest="race_eta", type=int, default=None)
-    sm.add_argument("--race-rungs", dest="race_rungs", type=int, default=None)
-    sm.add_argument("--bn-recalibrate", dest="bn_recalibrate", type=int, default=None, help="BN re-estimation batches per candidate")
-    sm.add_argument("--device", default=None)
+    _add_config_flags(sm, SAMPLE_KEYS)
     sm.add_argument("--force", action="store_true", help="replace an existing output folder")
     sm.add_argument("--resume", action="store_true", help="continue an interrupted sample in --out from its scored candidates")
     sm.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -118,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", dest="fmt", choices=("pt", "torchscript", "onnx"), default="pt", help="model file format (default: pt)")
     e.add_argument("--out", help="model file (default: RUN_DIR/model.pt, or model-candidateN.pt); the JSON description goes beside it")
     e.add_argument("--force", action="store_true", help="overwrite existing output files")
+    e.add_argument("--allow-unfinished", action="store_true", help="export from a run whose training has not finished")
     e.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("predict", help="top-5 classes of image files with an exported model")
@@ -128,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="test accuracy of an exported model")
     v.add_argument("model_file", metavar="MODEL_FILE")
-    v.add_argument("--dataset", required=True, help="data set name (digits, ...)")
+    v.add_argument("--dataset", default=None, help="data set name (default: the one the model file records)")
     v.add_argument("--data-dir", help="folder holding the data set's files")
     v.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -177,17 +191,29 @@ def cmd_search(args: argparse.Namespace) -> int:
             base.update(_config_file_settings(args.config))
         base.update(flags)
         cfg = SearchConfig.from_dict(base)
+        _warn_gpu_preset(args.preset, cfg)
     result = pgnas.search(cfg, resume=args.resume, force=args.force, progress=not args.quiet)
     if _rank() == 0:
         print(format_summary(result.summary, str(result.run_dir)))
     return 0
 
 
+def _warn_gpu_preset(preset: str | None, cfg: SearchConfig) -> None:
+    """A preset sized for GPUs started on a CPU says so before it starts (the projection after 20
+    steps then says how long it would take)."""
+    from pgnas.presets import HARDWARE
+    from pgnas.search.pipeline import resolve_device
+
+    if preset and "GPU" in HARDWARE.get(preset, "") and resolve_device(cfg.device).type == "cpu":
+        print(f"pgnas search: warning: preset {preset} needs {HARDWARE[preset]}; this machine has no GPU, so it will take "
+              f"very long (the projected time follows after 20 steps; Ctrl-C stops with a checkpoint)", file=sys.stderr)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from pgnas.report import format_summary
     from pgnas.search.pipeline import sample
 
-    keys = ("top_k", "eval_tile", "eval_batch_size", "race", "race_eta", "race_rungs", "bn_recalibrate", "device")
+    keys = SAMPLE_KEYS
     result = sample(
         args.run_dir, candidates=args.candidates, out=args.out, seed=args.seed, force=args.force, resume=args.resume,
         progress=not args.quiet, **{k: getattr(args, k) for k in keys},
@@ -241,9 +267,14 @@ def _config_file_settings(path: str) -> dict[str, Any]:
     import tomllib
     from pathlib import Path
 
-    cfg = SearchConfig.from_toml(path)
     names = tomllib.loads(Path(path).read_text())
-    return {k: getattr(cfg, k) for k in names}
+    cfg = SearchConfig.from_toml(path)
+    out = {k: getattr(cfg, k) for k in names if k != "preset"}
+    if "preset" in names:  # a config file may name a preset: its settings come first
+        from pgnas.presets import preset_settings
+
+        out = {**preset_settings(str(names["preset"])), **out}
+    return out
 
 
 def supernet_rows() -> list[dict[str, Any]]:
@@ -289,14 +320,18 @@ def cmd_supernets(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pgnas.export import export_run
 
-    info = export_run(args.run_dir, args.candidate, fmt=args.fmt, out=args.out, force=args.force)
+    info = export_run(args.run_dir, args.candidate, fmt=args.fmt, out=args.out, force=args.force,
+                      allow_unfinished=args.allow_unfinished)
     if args.json:
         print(json.dumps(info, indent=2))
+    elif info.get("already"):
+        print(f"{info['model']} is already the export of the selected candidate {info['candidate']} (the search wrote it, "
+              f"with {info['description']}); for another file pass --out, --format or --candidate, or --force to write it again")
     else:
         print(f"candidate {info['candidate']}: {info['model']} (+ {info['description']})")
         print(f"  params {info['params']:,} (super-network {info['supernet_params']:,}, {info['params'] / info['supernet_params']:.1%}; kept kernel slices {info['candidate_params_kept_slices']:,})")
         print(f"  MACs   {info['macs']:,} (super-network {info['supernet_macs']:,}, {info['macs'] / info['supernet_macs']:.1%})")
-        print(f"  removed operations: {info['removed_operations']}")
+        print(f"  removed conv/linear layers: {info['removed_layers']}")
     return 0
 
 
@@ -321,7 +356,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.dataset} test accuracy: {result['accuracy']:.4f} ({result['correct']}/{result['images']})")
+        print(f"{result['dataset']} test accuracy: {result['accuracy']:.4f} ({result['correct']}/{result['images']})")
     return 0
 
 

@@ -7,6 +7,7 @@ be repeated (``pgnas search --config RUN/config.toml``) or resumed exactly.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -67,6 +68,7 @@ class SearchConfig:
     device: str = "auto"
     compile: bool = False  # torch.compile the training step's model (GPU runs)
     checkpoint_minutes: float = 10.0  # also checkpoint inside an epoch this often; 0: at epoch ends only
+    threads: int | None = None  # CPU threads for torch; None: $OMP_NUM_THREADS, else the cores this process may use
     out: str | None = None
 
     # ------------------------------------------------------------------ validation
@@ -84,6 +86,7 @@ class SearchConfig:
         need(isinstance(self.race_eta, int) and self.race_eta >= 2, f"race_eta must be >= 2, got {self.race_eta!r}")
         need(isinstance(self.race_rungs, int) and self.race_rungs >= 1, f"race_rungs must be >= 1, got {self.race_rungs!r}")
         need(isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
+        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), f"threads must be >= 1, got {self.threads!r}")
         need(_finite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, f"checkpoint_minutes must be >= 0, got {self.checkpoint_minutes!r}")
         need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
@@ -126,10 +129,17 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "SearchConfig":
+        """Settings by name; a ``preset`` entry names a preset whose settings come first."""
+        data = dict(data)
+        if "preset" in data:
+            from pgnas.presets import preset_settings
+
+            data = {**preset_settings(str(data.pop("preset"))), **data}
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise PgnasError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+            hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, n=1)) else u for u in unknown]
+            raise PgnasError(f"{source}: unknown setting(s) {', '.join(hints)}")
         kwargs = {}
         for key, value in data.items():
             kwargs[key] = _coerce(key, value, known[key], source)
@@ -157,6 +167,52 @@ class SearchConfig:
 
     def replace(self, **changes: Any) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
+
+
+# What each setting means (the command line's --help shows it with the default).
+FIELD_HELP = {
+    "supernet": "super-network: a name from `pgnas supernets`, shake-shake-<6n+2>-2x<w>d, or module:function / file.py:function",
+    "dataset": "data set: digits, cifar10, cifar100, imagefolder or imagenet",
+    "data_dir": "folder (or .tar.gz for imagefolder) holding the data set's files",
+    "download": "download a missing cifar10/cifar100 archive (md5-checked)",
+    "epochs": "training epochs",
+    "batch_size": "global batch size (divided among torchrun ranks)",
+    "lr": "initial learning rate (SGD, Nesterov momentum)",
+    "lr_schedule": "cosine | sgdr:T0:TMUL:LR_MIN | step:E1,E2,... (epochs)",
+    "momentum": "SGD momentum (Nesterov when > 0)",
+    "grad_clip": "global gradient-norm clipping; 0 turns it off",
+    "tau": "temperature of the relaxed Bernoulli masks",
+    "init_p": "initial drop probability of every p group",
+    "posterior": "'learned' (PGNAS), or 'fixed:P' for the random baseline with drop rate P",
+    "lambda_w": "weight prior l^2 of the KL term (default: the super-network's, the paper's section 3)",
+    "lambda_p": "coefficient of the KL term's Bernoulli entropy part",
+    "weight_decay": "weight decay (pgnas train only: a search has none, the KL term replaces it)",
+    "n_data": "N of the KL term (default: 5e5 for cifar10/cifar100, 1.2e6 for imagenet, else 10 x training images)",
+    "val_size": "validation split held out from training: a fraction (<1) or a count (default: the data set's)",
+    "split_seed": "seed of the validation split (and of --train-subset)",
+    "train_subset": "train on a stratified subset of this many training images",
+    "crop_pad": "pad-and-random-crop by this many pixels (default: the data set's)",
+    "flip": "random horizontal flips (default: the data set's)",
+    "cutout": "side of the cutout square, 0 for none (default: the data set's)",
+    "autoaugment": "AutoAugment's CIFAR-10 policy on training images",
+    "data_cache": "decoded-data cache folder (default: $PGNAS_CACHE or ~/.cache/pgnas)",
+    "skip_bad": "skip (and count) unreadable or odd-sized images instead of stopping",
+    "image_size": "resize images to this side (cifar, imagefolder; imagenet: the crop size)",
+    "candidates": "candidates to draw from the posterior and rank on the validation split",
+    "top_k": "best candidates to report on the test split",
+    "eval_batch_size": "rows per forward pass when scoring (all tiles together)",
+    "eval_tile": "candidates per forward pass when scoring (exact either way)",
+    "race": "paired racing over the validation split: faster, may miss the exhaustive winner",
+    "race_eta": "racing: keep 1/eta of the candidates per rung",
+    "race_rungs": "racing: number of rungs",
+    "bn_recalibrate": "training batches to re-estimate each candidate's BN statistics; 0: off, as in the paper",
+    "seed": "seed of initialisation, data order, masks and candidates",
+    "device": "auto, cpu or cuda[:N]",
+    "compile": "torch.compile the network for training",
+    "checkpoint_minutes": "also checkpoint inside an epoch this often; 0: at epoch ends only",
+    "threads": "CPU threads for torch (default: $OMP_NUM_THREADS, else the cores this process may use)",
+    "out": "results folder (default: runs/<supernet>-<dataset>-<time>)",
+}
 
 
 def parse_lr_schedule(text: str) -> tuple[str, tuple]:

@@ -61,7 +61,10 @@ def load_dataset(
 
         return load_imagenet(data_dir, val_size=val_size, split_seed=split_seed, augment=augment, image_size=image_size,
                              skip_bad=skip_bad, workers=workers)
-    raise PgnasError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    import difflib
+
+    close = difflib.get_close_matches(name, DATASETS, n=1)
+    raise PgnasError(f"unknown dataset {name!r}{f' (did you mean {close[0]}?)' if close else ''}; known: {', '.join(DATASETS)}")
 
 
 def describe_dataset(name: str, **kwargs) -> dict:

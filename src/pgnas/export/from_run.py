@@ -27,15 +27,43 @@ DESCRIPTION_FORMAT = "pgnas-slim-description"
 
 def default_paths(run_dir: Path, candidate: str | int, fmt: str, selected: bool) -> tuple[Path, Path]:
     stem = "model" if selected else f"model-candidate{int(candidate)}"
-    return run_dir / f"{stem}{SUFFIX[fmt]}", run_dir / f"{stem}.json"
+    path = run_dir / f"{stem}{SUFFIX[fmt]}"
+    return path, description_path(path)
 
 
 def description_path(model_path: Path) -> Path:
+    """The JSON description beside a model file, named after the whole file name: a final ``.pt``
+    becomes ``.json`` (model.pt -> model.json, m.torchscript.pt -> m.torchscript.json), any other
+    name gets ``.json`` appended (m.onnx -> m.onnx.json), so no two formats share one."""
     name = model_path.name
-    for suffix in sorted(SUFFIX.values(), key=len, reverse=True):
-        if name.endswith(suffix):
-            return model_path.with_name(name[: -len(suffix)] + ".json")
+    if name.endswith(".pt"):
+        return model_path.with_name(name[:-3] + ".json")
     return model_path.with_name(name + ".json")
+
+
+def weights_run(run_dir: Path) -> Path:
+    """The folder whose checkpoint holds the weights: the run itself, or for a ``pgnas sample``
+    folder the run it sampled from."""
+    src = run_dir / "source.json"
+    if (run_dir / "checkpoint.pt").is_file() or not src.is_file():
+        return run_dir
+    try:
+        return Path(json.loads(src.read_text())["source_run"])
+    except (ValueError, KeyError, TypeError):
+        raise PgnasError(f"{src} is corrupt (no source_run)") from None
+
+
+def _scored_indices(run_dir: Path, seed: int) -> set[int]:
+    """Candidates scored in ``run_dir`` and in the samples of it drawn with the same seed (candidate
+    i of a seed is the same network wherever it was scored)."""
+    found = set(read_candidates(run_dir / "candidates.jsonl"))
+    for sub in sorted(run_dir.glob("*/candidates.jsonl")):
+        try:
+            if SearchConfig.from_toml(sub.parent / "config.toml").seed == seed:
+                found |= set(read_candidates(sub))
+        except PgnasError:
+            continue
+    return found
 
 
 def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig, selected: bool | None = None) -> tuple[int, bool]:
@@ -56,11 +84,11 @@ def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig, s
         index = int(candidate)
     except (TypeError, ValueError):
         raise PgnasError(f"--candidate must be 'best' or a candidate index, got {candidate!r}") from None
-    scored = read_candidates(run_dir / "candidates.jsonl") if (run_dir / "candidates.jsonl").is_file() else {}
-    known = sorted(scored) if scored else list(range(cfg.candidates))
+    known = _scored_indices(run_dir, cfg.seed)
     if index not in known:
         span = f"0..{max(known)}" if known else "none"
-        raise PgnasError(f"unknown candidate index {index}; this run has candidates {span}")
+        raise PgnasError(f"candidate {index} was not scored in {run_dir} (scored: {span}); score it first with "
+                         f"pgnas sample {run_dir} --candidates {index + 1}, then export it from there")
     return index, index == best
 
 
@@ -71,6 +99,22 @@ def run_config(run_dir: Path, state: dict | None = None) -> SearchConfig:
     if state is None:
         raise PgnasError(f"{run_dir} is not a pgnas results folder (no config.toml)")
     return SearchConfig.from_dict(dict(state.get("config") or {}))
+
+
+def _existing_export(run_dir: Path, index: int, fmt: str) -> dict[str, Any] | None:
+    """The search's own export of the selected candidate, if it is already in the folder."""
+    out_path, desc_path = default_paths(run_dir, index, fmt, True)
+    if not (out_path.is_file() and desc_path.is_file()):
+        return None
+    try:
+        desc = json.loads(desc_path.read_text())
+    except ValueError:
+        return None
+    if desc.get("candidate") != index or desc.get("model_format", "pt") != fmt:
+        return None
+    return {"model": str(out_path), "description": str(desc_path), "candidate": index, "already": True,
+            **{k: desc.get(k) for k in ("params", "macs", "supernet_params", "supernet_macs", "removed_layers")},
+            "candidate_params_kept_slices": desc.get("candidate_params_kept_slices")}
 
 
 def rebuild_supernet(run_dir: Path, data=None) -> tuple[SearchConfig, nn.Module, Posterior, dict[str, Any]]:
@@ -188,27 +232,44 @@ def export_run(
     data=None,
     on_error: str = "raise",
     selected: bool | None = None,
+    allow_unfinished: bool = False,
 ) -> dict[str, Any] | None:
-    """Export a candidate of the run in ``run_dir`` (``best``: the selected one).
+    """Export a candidate of the run (or ``pgnas sample`` folder) in ``run_dir`` (``best``: the
+    selected one; an index: any candidate scored there or in a sample of it with the same seed).
 
     The search passes its in-memory ``model``/``posterior``/``config``/``data`` to skip reloading;
-    with ``on_error="warn"`` a model that cannot be slimmed is reported on stderr, not raised.
-    Returns the paths written and the slim model's numbers.
+    with ``on_error="warn"`` a model that cannot be slimmed is reported on stderr, not raised. A
+    run whose training did not finish is refused unless ``allow_unfinished``. Exporting the
+    selected candidate to the folder's own ``model.pt`` when the search already wrote it is not an
+    error: the result says ``already`` and nothing is written. Returns the paths written and the
+    slim model's numbers.
     """
     try:
         run_dir = Path(run_dir)
         if model is None or config is None:
+            if not run_dir.is_dir():
+                raise PgnasError(f"no results folder at {run_dir}")
+            config = run_config(run_dir)
+            source = weights_run(run_dir)
+            state = load_checkpoint(source / "checkpoint.pt")
+            trained = run_config(source).epochs
+            if state.get("epoch") != trained and not allow_unfinished:
+                raise PgnasError(f"{source}: training stopped after epoch {state.get('epoch')} of {trained}; finish it with "
+                                 f"pgnas search --out {source} --resume, or pass --allow-unfinished to export these weights")
+            index, selected = _resolve_candidate(run_dir, candidate, config, selected)
+            if out is None and selected and not force:
+                done = _existing_export(run_dir, index, fmt)
+                if done is not None:
+                    return done
             if data is None:
                 from pgnas.search.pipeline import load_run_data
 
-                if not run_dir.is_dir():
-                    raise PgnasError(f"no results folder at {run_dir}")
-                data = load_run_data(run_config(run_dir))
-            config, model, posterior, dmeta = rebuild_supernet(run_dir, data)
+                data = load_run_data(config)
+            _, model, posterior, dmeta = rebuild_supernet(source, data)
         else:
             dmeta = data_meta(config, data)
+            index, selected = _resolve_candidate(run_dir, candidate, config, selected)
         posterior = posterior or Posterior(model)
-        index, selected = _resolve_candidate(run_dir, candidate, config, selected)
         meta = {"supernet": config.supernet, "run": str(run_dir), "candidate": index, "selected": selected, **dmeta}
         if out is None:
             out_path, desc_path = default_paths(run_dir, index, fmt, selected)
@@ -233,5 +294,5 @@ def export_run(
         "supernet_params": result.supernet_params,
         "supernet_macs": result.supernet_macs,
         "candidate_params_kept_slices": result.candidate_params,
-        "removed_operations": len(result.removed_ops),
+        "removed_layers": result.removed_layers,
     }

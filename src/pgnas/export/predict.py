@@ -52,14 +52,19 @@ def predict(model: ExportedModel | str | Path, images: Sequence[str | Path], top
     ]
 
 
-def evaluate(model: ExportedModel | str | Path, dataset: str, *, data_dir: str | None = None, batch_size: int = 500) -> dict:
-    """Accuracy of an exported model on the test split of ``dataset`` (normalised with the model's
-    own stored mean/std, as it was trained)."""
+def evaluate(model: ExportedModel | str | Path, dataset: str | None = None, *, data_dir: str | None = None,
+             batch_size: int = 500) -> dict:
+    """Accuracy of an exported model on the test split of ``dataset`` (default: the data set the
+    model file records), normalised with the model's own stored mean/std, as it was trained."""
     from pgnas.data import load_dataset
 
     if not isinstance(model, ExportedModel):
         model = load_model(model)
-    data = load_dataset(dataset, data_dir=data_dir)
+    dataset = dataset or model.meta.get("dataset")
+    if not dataset:
+        raise PgnasError("the model file does not record its data set: pass --dataset")
+    size = tuple(model.input_shape[1:])
+    data = load_dataset(dataset, data_dir=data_dir, image_size=size if dataset not in ("digits",) else None)
     x_all, y_all = data.test_x, data.test_y
     if tuple(x_all.shape[1:]) != model.input_shape:
         raise PgnasError(f"data set {dataset!r} has images of shape {tuple(x_all.shape[1:])}, the model reads {model.input_shape}")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -100,6 +101,7 @@ class SlimResult:
     layers: "OrderedDict[str, dict]" = field(default_factory=OrderedDict)
     removed_ops: list[dict] = field(default_factory=list)
     max_abs_error: float = 0.0
+    removed_layers: int = 0  # conv/linear layers gone (the count the search reports too)
 
     def describe(self) -> dict:
         return {
@@ -115,6 +117,7 @@ class SlimResult:
             "check_max_abs_error": self.max_abs_error,
             "layers": self.layers,
             "removed_operations": self.removed_ops,
+            "removed_layers": self.removed_layers,
         }
 
 
@@ -236,6 +239,51 @@ def _is_spatial_index(idx: Any, ndim: int) -> bool:
     return all(isinstance(i, slice) or i is Ellipsis or i is None for i in idx[2:])  # None: a new spatial dim
 
 
+class _Traced:
+    """The part of slimming that depends on the model and on which operations a candidate removes,
+    not on its masks: the traced graph of a CPU copy in candidate mode, every node's output shape.
+    Cached per model (weak reference) and removal pattern, so a candidate after the first one costs
+    only the channel analysis and the weight slicing."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, Tensor], input_shape: tuple[int, ...]):
+        # the copy we trace: CPU, eval, candidate mode (so Python checks of removed ops resolve), no hooks
+        work = copy.deepcopy(model).cpu().eval()
+        Posterior(work).set_candidate(masks)
+        _strip_hooks(work)
+        self.work = work
+        self.gm = _trace(work)
+        _make_out_of_place(self.gm)
+        self.modules = dict(self.gm.named_modules())
+        rec = _Recorder(self.gm)
+        with torch.no_grad():
+            rec.run(torch.randn((2,) + input_shape))
+        self.shapes = rec.shapes
+        self.values = rec.values
+        self.nodes = list(self.gm.graph.nodes)
+
+
+_TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _traced(model: nn.Module, masks: Mapping[str, Tensor], input_shape: tuple[int, ...]) -> _Traced:
+    removed = frozenset(k for k, m in masks.items() if not bool(m.any()))
+    version = tuple(t._version for t in model.parameters()) + tuple(t._version for t in model.buffers())
+    try:
+        cache = _TRACES.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: no cache
+        return _Traced(model, masks, input_shape)
+    key = (input_shape, removed)
+    if cache.get("version") != version:
+        cache.clear()
+        cache["version"] = version
+    if key not in cache:
+        if len(cache) > 16:
+            cache.clear()
+            cache["version"] = version
+        cache[key] = _Traced(model, masks, input_shape)
+    return cache[key]
+
+
 class _Slimmer:
     def __init__(self, model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int]):
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -245,23 +293,30 @@ class _Slimmer:
             raise PgnasError(f"candidate has no mask for layer(s) {', '.join(sorted(missing))}")
         self.layer_names = list(post.layers)
         self.masks = {k: torch.as_tensor(masks[k]).reshape(-1).to("cpu", torch.bool) for k in self.layer_names}
-        # the copy we trace: CPU, eval, candidate mode (so Python checks of removed ops resolve), no hooks
-        work = copy.deepcopy(model).cpu().eval()
-        Posterior(work).set_candidate(self.masks)
-        _strip_hooks(work)
-        self.work = work
-        self.gm = _trace(work)
-        _make_out_of_place(self.gm)
-        self.modules = dict(self.gm.named_modules())
-        rec = _Recorder(self.gm)
-        with torch.no_grad():
-            rec.run(torch.randn((2,) + self.input_shape))
-        self.shapes = rec.shapes
-        self.values = rec.values
-        self.nodes = list(self.gm.graph.nodes)
+        t = _traced(model, self.masks, self.input_shape)
+        self.work, self.gm, self.modules = t.work, t.gm, t.modules
+        self.shapes, self.values, self.nodes = t.shapes, t.values, t.nodes
         self.kind: dict[fx.Node, str] = {}
         self.cval: dict[fx.Node, Tensor] = {}  # float64 (C,), NaN = dynamic
         self.live: dict[fx.Node, Tensor] = {}
+
+    def slim_macs(self, slim: fx.GraphModule) -> int:
+        """MACs of the built slim network on one input, from the traced shapes (as pgnas.profile
+        counts them: conv output elements x input channels per group x kernel area; linear output
+        elements x input features)."""
+        mods = dict(slim.named_modules())
+        total = 0
+        for n in self.nodes:
+            if self.kind.get(n) not in ("conv", "linear"):
+                continue
+            for t in self.new_layers.get(str(n.target), []):
+                m = mods[t]
+                spatial = math.prod(self.shapes[n][2:]) if len(self.shapes[n]) > 2 else 1
+                if isinstance(m, nn.Linear):
+                    total += spatial * m.out_features * m.in_features
+                else:
+                    total += spatial * m.out_channels * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+        return int(total)
 
     # -------------------------------------------------------------- classification
     def tensor(self, x: Any) -> bool:
@@ -833,6 +888,24 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for n, p in m.named_parameters() if DROPOUT_NAME not in n)
 
 
+def _removed_layer_names(s: "_Slimmer") -> list[str]:
+    """Conv and linear layers of the super-network that the slim network no longer has."""
+    return [name for name, m in s.work.named_modules() if isinstance(m, _CONV + (nn.Linear,)) and not s.new_layers.get(name)]
+
+
+def slim_sizes(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int]) -> dict[str, Any]:
+    """Parameters, MACs and removed conv/linear layers of the slim network that export would
+    produce for ``masks`` (the same network, built without its check), with the names of the conv
+    and linear layers it removes: a few milliseconds per
+    candidate once the model has been traced for the candidate's removal pattern."""
+    s = _Slimmer(model, masks, input_shape)
+    s.forward_pass()
+    s.backward_pass()
+    slim = s.build()
+    gone = _removed_layer_names(s)
+    return {"params": _params(slim), "macs": s.slim_macs(slim), "removed_layers": len(gone), "removed_layer_names": gone}
+
+
 def slim_model(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int], *, check: bool = True) -> SlimResult:
     """Build the slim network of candidate ``masks`` of the instrumented ``model``.
 
@@ -923,6 +996,7 @@ def slim_model(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Seque
         layers=layers,
         removed_ops=removed,
         max_abs_error=err,
+        removed_layers=len(_removed_layer_names(s)),
     )
 
 

@@ -155,5 +155,5 @@ def architecture_diagram(run: RunRecord, path: Path) -> Path:
     ax.set_frame_on(False)
     sel = run.summary["selected"]
     ax.set_title(f"Selected candidate {sel['index']}: kept input channels per operation "
-                 f"({100 * sel['kept_fraction']:.0f}% overall, {sel.get('removed_ops', 0)} ops removed)", fontsize=9)
+                 f"({100 * sel['kept_fraction']:.0f}% overall, {sel.get('removed_layers', sel.get('removed_ops', 0))} layers removed)", fontsize=9)
     return _save(fig, path)

@@ -9,6 +9,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:6.2f}%"
 
 
+def _macs(n: float | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
 def _params(n: float) -> str:
     return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{int(n):,}"
 
@@ -32,22 +38,24 @@ def format_summary(summary: dict[str, Any], run_dir: str | None = None) -> str:
         f"(posterior {summary['posterior']['mode']}, mean p {summary['posterior']['mean_p']:.3f}, "
         f"{summary['epochs']} epochs, {summary['num_candidates']} candidates)",
         "",
-        f"{'':<22}{'val acc':>10}{'test acc':>10}{'params':>12}{'kept ch.':>10}",
+        f"{'':<22}{'val acc':>10}{'test acc':>10}{'params':>12}{'MACs':>10}{'kept ch.':>10}",
         f"{'super-network (mean)':<22}{_pct(summary['supernet_val_acc']):>10}{_pct(summary['supernet_test_acc']):>10}"
-        f"{_params(summary['supernet_params']):>12}{'100.0%':>10}",
+        f"{_params(summary['supernet_params']):>12}{_macs(summary.get('supernet_macs')):>10}{'100.0%':>10}",
     ]
     for rank, rec in enumerate(summary["top_k"], 1):
         label = f"#{rank} candidate {rec['index']}" + (" *" if rank == 1 else "")
         lines.append(
             f"{label:<22}{_pct(rec['val_acc']):>10}{_pct(rec['test_acc']):>10}{_params(rec['params']):>12}"
-            f"{100 * rec['kept_fraction']:>9.1f}%"
+            f"{_macs(rec.get('macs')):>10}{100 * rec['kept_fraction']:>9.1f}%"
         )
+    lines.append("(params and MACs: the slim network export writes; kept ch.: fraction of input channels kept)")
     lines += [
         "",
         f"candidates on validation: mean {_pct(cand['mean']).strip()}, std {100 * cand['std']:.2f} pts, "
         f"range {_pct(cand['min']).strip()} - {_pct(cand['max']).strip()}",
         f"selected: candidate {sel['index']} (val {_pct(sel['val_acc']).strip()}, test {_pct(sel['test_acc']).strip()}, "
-        f"{_params(sel['params'])} params, {sel.get('removed_ops', 0)} operations removed)",
+        f"{_params(sel['params'])} params, {sel.get('removed_layers', 0)} conv/linear layers removed; the paper's "
+        f"kept-slice count {_params(sel.get('params_kept_slices', sel['params']))})",
         f"time: {format_seconds(summary['seconds'])} on {summary['device']}",
     ]
     exp = summary.get("export")

@@ -68,8 +68,10 @@ def _network(cfg: SearchConfig, data, model_file: str | Path | None, reinit: boo
     torch.manual_seed(cfg.seed)
     try:
         net = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
-    except (ValueError, TypeError) as exc:
-        raise PgnasError(f"super-network {cfg.supernet!r} cannot be built: {exc}") from None
+    except PgnasError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise PgnasError(f"super-network {cfg.supernet!r} cannot be built ({type(exc).__name__}: {exc})") from None
     return net, cfg.supernet, spec.aux_weight, spec
 
 
@@ -87,7 +89,8 @@ def train(
     from pgnas.search.checkpoint import atomic_write_text, load_resume_checkpoint, previous_path
     from pgnas.search.distributed import barrier, init_from_env
     from pgnas.search.pipeline import (
-        _log, _prepare_run_dir, _truncate_metrics, augment_for, check_resumable, load_run_data, resolve_device, run_training,
+        _log, _prepare_run_dir, _truncate_metrics, augment_for, check_resumable, load_run_data, probe_network, resolve_device,
+        run_training, set_threads,
     )
     from pgnas.search.select import accuracy
     from pgnas.search.signals import StopRequests
@@ -111,6 +114,7 @@ def train(
         model_file = origin.get("model_file", model_file)
         reinit = origin.get("reinit", reinit)
         cfg = saved.replace(**{k: getattr(cfg, k) for k in ("device", "checkpoint_minutes", "data_cache")}, out=str(run_dir))
+    set_threads(cfg)
     device = resolve_device(cfg.device)
     dist = init_from_env(device.type)
     if dist.enabled and device.type == "cuda":
@@ -119,6 +123,8 @@ def train(
     data = load_run_data(cfg)
     data_seconds = time.perf_counter() - t0
     net, name, aux_weight, spec = _network(cfg, data, model_file, reinit)
+    probe_network(net, (data.in_channels, *data.image_size), name, f"{data.num_classes} classes of {data.in_channels}x"
+                  f"{data.image_size[0]}x{data.image_size[1]} images")
     cfg = cfg.replace(supernet=cfg.supernet if model_file is None else f"file:{name}", lambda_w=0.0)
     net.to(device)
     if device.type == "cuda":

@@ -159,9 +159,25 @@ def _progress(enabled: bool, **kw):
     return tqdm(disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, file=sys.stderr, **kw)
 
 
+def set_threads(cfg: SearchConfig) -> int:
+    """Torch's CPU threads: ``cfg.threads``, else $OMP_NUM_THREADS (torchrun sets 1 per process),
+    else the cores this process may use (its affinity: SLURM, taskset). Oversubscribed threads
+    (more than the cores available) can make a CPU epoch a hundred times slower."""
+    import os
+
+    from pgnas.data.imagefolder import usable_cpus
+
+    n = cfg.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or usable_cpus()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def build_run(cfg: SearchConfig) -> Run:
-    """Load the data and build the instrumented super-network (no files written)."""
+    """Load the data and build the instrumented super-network (no files written). Every input the
+    network cannot take is found here: the network is built and runs one batch of two examples."""
     spec = get_supernet(cfg.supernet)
+    set_threads(cfg)
     device = resolve_device(cfg.device)
     d = init_from_env(device.type)
     if d.enabled and device.type == "cuda":
@@ -175,7 +191,13 @@ def build_run(cfg: SearchConfig) -> Run:
         n_data=default_n_data(cfg.dataset, data.sizes()["train"], cfg.train_subset) if cfg.n_data is None else cfg.n_data,
     )
     torch.manual_seed(cfg.seed)
-    model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
+    shape = f"{data.in_channels}x{data.image_size[0]}x{data.image_size[1]}"
+    try:
+        model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
+    except PgnasError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's or a pattern's factory may raise anything
+        raise PgnasError(f"super-network {cfg.supernet!r} cannot be built ({type(exc).__name__}: {_first_line(exc)})") from None
     posterior = instrument(
         model,
         groups=spec.groups(model) if spec.groups else None,
@@ -184,6 +206,7 @@ def build_run(cfg: SearchConfig) -> Run:
         tau=cfg.tau,
         fixed_p=cfg.fixed_p,
     )
+    probe_network(model, (data.in_channels, *data.image_size), f"super-network {cfg.supernet!r}", f"{data.num_classes} classes of {shape} images")
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -197,6 +220,28 @@ def augment_for(cfg: SearchConfig, data):
         data.augment,
         **{k: getattr(cfg, k) for k in ("crop_pad", "flip", "cutout", "autoaugment") if getattr(cfg, k) is not None},
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def probe_network(model: nn.Module, input_shape: tuple[int, ...], what: str, data_what: str) -> None:
+    """Run two examples through a copy of ``model`` in training and in evaluation mode: a network
+    that cannot take the data set's images fails here, with one line, before anything is written."""
+    import copy
+
+    probe = copy.deepcopy(model).cpu()
+    x = torch.zeros((2, *input_shape))
+    try:
+        with torch.no_grad():
+            probe.train()
+            probe(x)
+            probe.eval()
+            probe(x)
+    except Exception as exc:  # noqa: BLE001
+        raise PgnasError(f"{what} cannot take the data set's inputs ({data_what}): {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def load_run_data(cfg: SearchConfig):
@@ -309,7 +354,18 @@ def run_training(trainer: PosteriorTrainer, cfg: SearchConfig, run_dir: Path, *,
     if trainer.epoch < cfg.epochs and progress:
         _log(f"training {what or cfg.supernet} on {cfg.dataset} for {cfg.epochs} epochs ({trainer.steps_per_epoch} steps each) "
              f"on {trainer.device}" + (f", resuming at epoch {trainer.epoch + 1} batch {trainer.batch}" if state is not None else ""))
-    control = _Control(stop, cfg.checkpoint_minutes, write_checkpoint)
+    def project(step_s: float) -> None:
+        if not progress:
+            return
+        left = (cfg.epochs - trainer.epoch) * trainer.steps_per_epoch - trainer.batch
+        line = f"projected: training {_duration(left * step_s)} more ({_duration(trainer.steps_per_epoch * step_s)} an epoch)"
+        if command == "search":
+            # scoring: a forward pass is about a third of a training step, per image
+            val = trainer.data.sizes()["val"]
+            line += f", then scoring {cfg.candidates} candidates about {_duration(cfg.candidates * val * step_s / cfg.batch_size / 3)}"
+        _log(line)
+
+    control = _Control(stop, cfg.checkpoint_minutes, write_checkpoint, project)
     for _ in range(trainer.epoch, cfg.epochs):
         bar = _progress(progress, total=trainer.steps_per_epoch, initial=trainer.batch,
                         desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", leave=False, unit="step")
@@ -343,11 +399,17 @@ def run_training(trainer: PosteriorTrainer, cfg: SearchConfig, run_dir: Path, *,
 
 
 class _Control(TrainControl):
-    """Mid-epoch checkpoints every ``minutes`` (0: epoch ends only) and stop requests."""
+    """Mid-epoch checkpoints every ``minutes`` (0: epoch ends only), stop requests, and the
+    projected time once the speed is known."""
 
-    def __init__(self, stop: StopRequests, minutes: float, write: Callable[[dict], None]):
+    def __init__(self, stop: StopRequests, minutes: float, write: Callable[[dict], None], project: Callable[[float], None] | None = None):
         self.stop, self.interval, self.write = stop, 60.0 * float(minutes), write
+        self.project = project
         self.last = time.monotonic()
+
+    def on_speed(self, seconds_per_step: float) -> None:
+        if self.project is not None:
+            self.project(seconds_per_step)
 
     @property
     def signum(self) -> int:
@@ -431,6 +493,7 @@ def sample(
             for name in SELECTION_FILES:
                 (out_dir / name).unlink(missing_ok=True)
         atomic_write_text(out_dir / "config.toml", run.cfg.to_toml())
+        atomic_write_text(out_dir / "source.json", json.dumps({"source_run": str(run_dir.resolve())}) + "\n")
     barrier(run.dist)
     with StopRequests() as stop:
         return _select_and_report(run, out_dir, resume=resume, progress=progress and run.dist.is_main,
@@ -442,6 +505,7 @@ def scoring_setup(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     """What decides a candidate's score beyond its masks: scores computed under another setup
     are not comparable, so a resumed selection re-scores them."""
     return {
+        "records": 2,  # 2: params/macs of the slim network, params_kept_slices, removed_layers
         "bn_recalibrate": cfg.bn_recalibrate,
         "bn_batch_size": cfg.batch_size if cfg.bn_recalibrate else None,
         "precision": "bf16" if device.type == "cuda" else "fp32",
@@ -534,13 +598,15 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
             posterior.set_candidate(masks)
             test_acc = accuracy(model, data, "test", cfg.eval_batch_size, device)
             posterior.clear_candidate()
-        stats = posterior.candidate_stats(masks)
-        top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()}, "removed_op_names": stats["removed_ops"]})
+        stats = scorer.stats(rec["index"])
+        top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()},
+                    "removed_layer_names": stats["removed_layer_names"]})
     best_masks = posterior.sample_candidate(ranked[0]["index"], cfg.seed)
     supernet_val = accuracy(model, data, "val", cfg.eval_batch_size, device)  # the mean network (inputs x (1 - p))
     supernet_test = accuracy(model, data, "test", cfg.eval_batch_size, device)
     timings["test"] = time.perf_counter() - t_test
-    vals = [r["val_acc"] for r in records]
+    # the spread of the candidates scored on the whole split (raced-out partial scores are not comparable)
+    vals = [r["val_acc"] for r in records if r.get("val_seen", scorer.n) == scorer.n]
     mean_val = sum(vals) / len(vals)
     summary = {
         "selected": top[0],
@@ -554,6 +620,7 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         "selection": "race" if cfg.race else "exhaustive",
         "scoring": setup,
         "candidate_val_acc": {
+            "candidates": len(vals),
             "mean": mean_val,
             "std": (sum((v - mean_val) ** 2 for v in vals) / len(vals)) ** 0.5,
             "min": min(vals),
@@ -584,7 +651,8 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         info = export_run(run_dir, top[0]["index"], model=model, posterior=posterior, config=cfg, data=data, force=True,
                           on_error="warn", selected=True)
         if info is not None:
-            summary["export"] = {k: info[k] for k in ("model", "params", "macs", "supernet_macs", "removed_operations")}
+            summary["export"] = {k: info[k] for k in ("model", "params", "macs", "supernet_macs", "removed_layers")}
+            summary["supernet_macs"] = info["supernet_macs"]
     timings["export"] = time.perf_counter() - t_export
     total = time.perf_counter() - t_start
     summary["seconds"] = {**{k: round(v, 3) for k, v in timings.items()},
@@ -593,6 +661,16 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     barrier(run.dist)
     return SearchResult(run_dir, summary, model, posterior, best_masks, records)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def _log(msg: str) -> None:

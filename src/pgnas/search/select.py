@@ -158,6 +158,18 @@ def _is_bn_buffer(model: nn.Module, key: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------- records
+def candidate_sizes(model: nn.Module, posterior: Posterior, masks: dict, input_shape: Sequence[int]) -> dict:
+    """What a candidate costs: the slim network's ``params`` and ``macs`` (exactly what export
+    writes), ``params_kept_slices`` (the paper's count: the super-network less the kernel slices of
+    dropped input channels), the kept channel fraction and layer by layer, the removed layers."""
+    from pgnas.export.slim import slim_sizes
+
+    st = posterior.candidate_stats(masks)
+    slim = slim_sizes(model, masks, input_shape)
+    return {"params": slim["params"], "macs": slim["macs"], "params_kept_slices": st["params"], "kept_fraction": st["kept_fraction"],
+            "layers": st["layers"], "removed_layers": slim["removed_layers"], "removed_layer_names": slim["removed_layer_names"]}
+
+
 def read_candidates(path: Path) -> dict[int, dict]:
     """Candidates already scored (a resumed selection continues after them); a torn last line
     from a killed run is ignored."""
@@ -204,6 +216,7 @@ class CandidateScorer:
         self.train_batch_size = train_batch_size
         self.dist = dist
         self.n = int(data.sizes()["val"])
+        self.input_shape = (int(data.in_channels), *(int(v) for v in data.image_size))
         self._masks: dict[int, dict] = {}
         self._stats: dict[int, dict] = {}
 
@@ -213,8 +226,10 @@ class CandidateScorer:
         return self._masks[index]
 
     def stats(self, index: int) -> dict:
+        """Sizes of candidate ``index``: ``params`` and ``macs`` of the slim network export would
+        write, ``params_kept_slices`` (the paper's count), kept channel fraction, removed layers."""
         if index not in self._stats:
-            self._stats[index] = self.posterior.candidate_stats(self.masks(index))
+            self._stats[index] = candidate_sizes(self.model, self.posterior, self.masks(index), self.input_shape)
         return self._stats[index]
 
     def record(self, index: int, correct: int, seen: int) -> dict:
@@ -224,8 +239,10 @@ class CandidateScorer:
             "val_acc": correct / seen,
             "val_seen": seen,
             "params": st["params"],
+            "macs": st["macs"],
+            "params_kept_slices": st["params_kept_slices"],
             "kept_fraction": round(st["kept_fraction"], 6),
-            "removed_ops": len(st["removed_ops"]),
+            "removed_layers": st["removed_layers"],
         }
 
     def correct(self, indices: Sequence[int], examples: Tensor | None = None, fp32: bool = False) -> dict[int, Tensor]:

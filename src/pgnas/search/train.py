@@ -77,6 +77,10 @@ class TrainControl:
     def save(self, state: dict[str, Any]) -> None:
         """Write a mid-epoch checkpoint of ``state`` (called on every rank; rank 0 writes)."""
 
+    def on_speed(self, seconds_per_step: float) -> None:
+        """Told once, after the first 20 timed steps of this process (the first step, which may
+        compile, excluded)."""
+
 
 class PosteriorTrainer:
     """Trains weights and drop-logits jointly: SGD (Nesterov), one learning-rate schedule, clipping.
@@ -126,6 +130,9 @@ class PosteriorTrainer:
         self.epoch = 0  # epochs completed
         self.batch = 0  # batches done in the epoch in progress
         self.stop_after_epoch = False
+        self._steps_here = 0  # steps this process has taken (for the speed report)
+        self._t_first = 0.0
+        self._speed_told = False
         self.dist = dist
         # the epoch in progress: ce, kl_w, kl_ent, correct (on the device), examples, seconds
         self._sums = torch.zeros(4, device=device, dtype=torch.float64)
@@ -236,6 +243,9 @@ class PosteriorTrainer:
             torch.manual_seed(derive_seed("masks", cfg.seed, self.epoch, self.batch, self.dist.rank))
             self.train_step(x, y)
             self.batch += 1
+            self._steps_here += 1
+            if self._steps_here == 1:
+                self._t_first = time.perf_counter()
             if progress is not None:
                 progress.update(1)
             if self.batch % self.check_every == 0 or (control.stop_requested and not self.dist.enabled):
@@ -279,7 +289,10 @@ class PosteriorTrainer:
             f = flags.to(torch.int32)
             tdist.all_reduce(f, op=tdist.ReduceOp.MAX)
             flags = f.bool()
-        bad, due, stop = flags.tolist()
+        bad, due, stop = flags.tolist()  # the host waits for the device here: step times are real
+        if not self._speed_told and self._steps_here >= 21:
+            self._speed_told = True
+            control.on_speed((time.perf_counter() - self._t_first) / (self._steps_here - 1))
         if bad:
             raise PgnasError(
                 f"the loss became NaN/inf in epoch {self.epoch + 1} (by step {self.batch}); stopped, the last good "

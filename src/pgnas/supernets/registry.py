@@ -72,8 +72,12 @@ def get_supernet(name: str) -> SupernetSpec:
             return make(m)
     if ":" in name:
         return _from_import_path(name)
-    known = ", ".join(s.name for s in list_supernets())
-    raise PgnasError(f"unknown super-network {name!r}; known: {known} (or a module:function factory)")
+    import difflib
+
+    names = [s.name for s in list_supernets()]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise PgnasError(f"unknown super-network {name!r}{hint}; known: {', '.join(names)}, shake-shake-<6n+2>-2x<w>d, or a module:function factory")
 
 
 def auto_groups(model: nn.Module) -> Mapping[str, Sequence[int]]:
