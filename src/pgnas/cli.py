@@ -44,6 +44,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _field_type(f: dataclasses.Field):
+    from pgnas.config import COUNT_FIELDS, parse_count
+
+    if f.name in COUNT_FIELDS:
+        def count(v: str) -> float:
+            try:
+                return parse_count(v, "--" + f.name.replace("_", "-"))
+            except PgnasError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        count.__name__ = "count"
+        return count
     t = str(f.type)
     if t.startswith("bool"):
         return "bool"
@@ -66,7 +77,8 @@ def _flag_help(f: dataclasses.Field) -> str:
     return f"{text} (default: {shown})"
 
 
-SAMPLE_KEYS = ("top_k", "eval_tile", "eval_batch_size", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "threads")
+SAMPLE_KEYS = ("top_k", "eval_tile", "eval_batch_size", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "threads",
+               "max_params", "max_macs", "max_latency_ms")
 TRAIN_KEYS = (
     "supernet", "dataset", "data_dir", "download", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "grad_clip",
     "weight_decay", "val_size", "split_seed", "train_subset", "crop_pad", "flip", "cutout", "autoaugment", "data_cache",
@@ -132,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="model file (default: RUN_DIR/model.pt, or model-candidateN.pt); the JSON description goes beside it")
     e.add_argument("--force", action="store_true", help="overwrite existing output files")
     e.add_argument("--allow-unfinished", action="store_true", help="export from a run whose training has not finished")
+    for name in ("max_params", "max_macs", "max_latency_ms"):
+        f = next(f for f in dataclasses.fields(SearchConfig) if f.name == name)
+        e.add_argument("--" + name.replace("_", "-"), dest=name, type=_field_type(f), default=None, metavar=name.upper(),
+                       help=_flag_help(f).replace("select the best candidate", "export the best scored candidate").replace(" (default: none)", ""))
+    e.add_argument("--ensemble", type=int, default=0, metavar="K", help="one model averaging K members' softmax outputs (default: 0, a single network)")
+    e.add_argument("--ensemble-from", choices=("top", "posterior"), default="top",
+                   help="ensemble members: the top K candidates on validation, or K fresh posterior draws (default: top)")
     e.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("predict", help="top-5 classes of image files with an exported model")
@@ -321,9 +340,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pgnas.export import export_run
 
     info = export_run(args.run_dir, args.candidate, fmt=args.fmt, out=args.out, force=args.force,
-                      allow_unfinished=args.allow_unfinished)
+                      allow_unfinished=args.allow_unfinished, max_params=args.max_params, max_macs=args.max_macs,
+                      max_latency_ms=args.max_latency_ms, ensemble=args.ensemble, ensemble_from=args.ensemble_from)
     if args.json:
         print(json.dumps(info, indent=2))
+    elif info.get("ensemble"):
+        print(f"ensemble of candidates {info['ensemble']}: {info['model']} (+ {info['description']})")
+        print(f"  params {info['params']:,}, MACs {info['macs']:,} in all (super-network {info['supernet_params']:,} / {info['supernet_macs']:,})")
     elif info.get("already"):
         print(f"{info['model']} is already the export of the selected candidate {info['candidate']} (the search wrote it, "
               f"with {info['description']}); for another file pass --out, --format or --candidate, or --force to write it again")
@@ -356,7 +379,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['dataset']} test accuracy: {result['accuracy']:.4f} ({result['correct']}/{result['images']})")
+        print(f"{result['dataset']} test accuracy: {result['accuracy']:.4f} ({result['correct']}/{result['images']}), "
+              f"NLL {result['nll']:.4f}, ECE {result['ece']:.4f} (15 bins)")
     return 0
 
 

@@ -63,6 +63,10 @@ class SearchConfig:
     race_eta: int = 3
     race_rungs: int = 4
     bn_recalibrate: int = 0  # training batches to re-estimate BN per candidate; 0: off (the paper)
+    max_params: float | None = None  # select the best candidate whose slim network has at most this many parameters
+    max_macs: float | None = None  # ... at most this many MACs (one input)
+    max_latency_ms: float | None = None  # ... a batch-1 latency at most this on the current device
+    logit_shift: float = 0.0  # draw candidates from the tempered posterior sigmoid(logit p + shift) (pgnas sample sets it for budgets)
     # run
     seed: int = 0
     device: str = "auto"
@@ -86,6 +90,10 @@ class SearchConfig:
         need(isinstance(self.race_eta, int) and self.race_eta >= 2, f"race_eta must be >= 2, got {self.race_eta!r}")
         need(isinstance(self.race_rungs, int) and self.race_rungs >= 1, f"race_rungs must be >= 1, got {self.race_rungs!r}")
         need(isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
+        for name in ("max_params", "max_macs", "max_latency_ms"):
+            v = getattr(self, name)
+            need(v is None or (_finite(v) and v > 0), f"{name} must be > 0, got {v!r}")
+        need(_finite(self.logit_shift), f"logit_shift must be a number, got {self.logit_shift!r}")
         need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), f"threads must be >= 1, got {self.threads!r}")
         need(_finite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, f"checkpoint_minutes must be >= 0, got {self.checkpoint_minutes!r}")
         need(_finite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
@@ -206,6 +214,10 @@ FIELD_HELP = {
     "race_eta": "racing: keep 1/eta of the candidates per rung",
     "race_rungs": "racing: number of rungs",
     "bn_recalibrate": "training batches to re-estimate each candidate's BN statistics; 0: off, as in the paper",
+    "max_params": "select the best candidate whose slim network has at most this many parameters (e.g. 2.5M)",
+    "max_macs": "select the best candidate whose slim network needs at most this many MACs per input (e.g. 20M)",
+    "max_latency_ms": "select the best candidate whose slim network runs one input in at most this many ms here (median)",
+    "logit_shift": "draw candidates from the tempered posterior sigmoid(logit p + shift) (set by pgnas sample for budgets)",
     "seed": "seed of initialisation, data order, masks and candidates",
     "device": "auto, cpu or cuda[:N]",
     "compile": "torch.compile the network for training",
@@ -242,6 +254,27 @@ def parse_lr_schedule(text: str) -> tuple[str, tuple]:
     )
 
 
+COUNT_FIELDS = ("max_params", "max_macs")
+_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_count(value: Any, name: str = "value") -> float:
+    """A count given as a number or as text with a K/M/G suffix: 2.5M -> 2500000."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip().lower().replace("_", "").replace(",", "")
+    mult = _SUFFIX.get(text[-1:], 1.0)
+    if text[-1:] in _SUFFIX:
+        text = text[:-1]
+    try:
+        out = float(text) * mult
+    except ValueError:
+        raise PgnasError(f"{name} must be a number, optionally with K, M or G (e.g. 20M), got {value!r}") from None
+    if not math.isfinite(out) or out <= 0:
+        raise PgnasError(f"{name} must be > 0, got {value!r}")
+    return out
+
+
 def _toml_value(v: Any) -> str:
     """A flat TOML value (the configuration holds strings, numbers and booleans only)."""
     import json
@@ -266,6 +299,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     typ = str(f.type)
     if value is None:
         return None
+    if key in COUNT_FIELDS:
+        return parse_count(value, key)
     if "bool" in typ:
         if isinstance(value, bool):
             return value

@@ -39,3 +39,30 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.
             h.remove()
         model.train(was_training)
     return int(total[0])
+
+
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """MACs of each conv/linear module (by name) in one forward pass on one input, counted as
+    :func:`count_macs` counts them."""
+    macs: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, _CONV + (nn.Linear,)):
+            def hook(mod, inp, out, name=name):
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                k = math.prod(mod.kernel_size) if isinstance(mod, _CONV) else 1
+                cin = mod.in_channels // mod.groups if isinstance(mod, _CONV) else mod.in_features
+                macs[name] = macs.get(name, 0) + out.numel() * cin * k
+
+            handles.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            dev = next(model.parameters()).device
+            model(torch.zeros((1,) + tuple(input_shape), device=dev))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return macs

@@ -219,6 +219,53 @@ def export_candidate(
     return result, description
 
 
+def export_ensemble(
+    model: nn.Module,
+    members: list[tuple[int, Mapping[str, torch.Tensor]]],
+    meta: dict[str, Any],
+    out: Path,
+    *,
+    fmt: str = "pt",
+    description_out: Path | None = None,
+    force: bool = False,
+    bn_statistics=None,
+) -> dict[str, Any]:
+    """Slim every member (index, masks) and write one model averaging their softmax outputs (its
+    output is the log of the averaged probabilities) plus its JSON description."""
+    from pgnas.export.ensemble import ensemble_graph
+    from pgnas.search.select import candidate_bn
+
+    if fmt not in FORMATS:
+        raise PgnasError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    desc_out = Path(description_out) if description_out else description_path(out)
+    _check_writable([out, desc_out], force)
+    data, batches, batch_size = bn_statistics or (None, 0, 0)
+    device = next(model.parameters()).device
+    slims = []
+    for _, masks in members:
+        with candidate_bn(model, Posterior(model), masks, data, batches, batch_size, device):
+            slims.append(slim_model(model, masks, tuple(meta["input_shape"])))
+    gm = ensemble_graph([r.model for r in slims])
+    description = {
+        "format": DESCRIPTION_FORMAT, "version": 1, **meta, "model_file": out.name, "model_format": fmt,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
+        "input_shape": list(meta["input_shape"]),
+        "ensemble": [{"candidate": i, "params": r.params, "macs": r.macs} for (i, _), r in zip(members, slims)],
+        "params": sum(r.params for r in slims), "macs": sum(r.macs for r in slims),
+        "supernet_params": slims[0].supernet_params, "supernet_macs": slims[0].supernet_macs,
+        "output": "log of the members' averaged softmax probabilities",
+    }
+    example = torch.randn((2, *meta["input_shape"]), generator=torch.Generator().manual_seed(0))
+    content = model_bytes(gm, fmt, {k: v for k, v in description.items() if k != "graph"}, example)
+    try:
+        atomic_write_bytes(out, lambda f: f.write(content))
+        atomic_write_bytes(desc_out, lambda f: f.write((json.dumps(description, indent=1) + "\n").encode()))
+    except OSError as exc:
+        raise PgnasError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return description
+
+
 def export_run(
     run_dir: str | Path,
     candidate: str | int = "best",
@@ -233,9 +280,19 @@ def export_run(
     on_error: str = "raise",
     selected: bool | None = None,
     allow_unfinished: bool = False,
+    max_params: float | None = None,
+    max_macs: float | None = None,
+    max_latency_ms: float | None = None,
+    ensemble: int = 0,
+    ensemble_from: str = "top",
 ) -> dict[str, Any] | None:
     """Export a candidate of the run (or ``pgnas sample`` folder) in ``run_dir`` (``best``: the
     selected one; an index: any candidate scored there or in a sample of it with the same seed).
+
+    Budgets (``max_params``, ``max_macs``, ``max_latency_ms``) re-select from the scored
+    candidates without re-scoring: the best on validation within every budget. ``ensemble=K``
+    writes one model averaging K members: the top K on validation (within the budgets), or with
+    ``ensemble_from="posterior"`` K fresh draws of the posterior (the Monte-Carlo predictive).
 
     The search passes its in-memory ``model``/``posterior``/``config``/``data`` to skip reloading;
     with ``on_error="warn"`` a model that cannot be slimmed is reported on stderr, not raised. A
@@ -244,8 +301,17 @@ def export_run(
     error: the result says ``already`` and nothing is written. Returns the paths written and the
     slim model's numbers.
     """
+    budgets = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
+    budgeted = any(v is not None for v in budgets.values())
+    index = None
     try:
         run_dir = Path(run_dir)
+        if ensemble_from not in ("top", "posterior"):
+            raise PgnasError(f"--ensemble-from must be top or posterior, got {ensemble_from!r}")
+        if ensemble < 0 or (ensemble and ensemble_from == "top" and candidate not in (None, "best")):
+            raise PgnasError("--ensemble K takes the top K candidates (or K posterior draws); do not also give --candidate")
+        if budgeted and candidate not in (None, "best"):
+            raise PgnasError("give either --candidate or a budget (--max-params, --max-macs, --max-latency-ms), not both")
         if model is None or config is None:
             if not run_dir.is_dir():
                 raise PgnasError(f"no results folder at {run_dir}")
@@ -256,11 +322,12 @@ def export_run(
             if state.get("epoch") != trained and not allow_unfinished:
                 raise PgnasError(f"{source}: training stopped after epoch {state.get('epoch')} of {trained}; finish it with "
                                  f"pgnas search --out {source} --resume, or pass --allow-unfinished to export these weights")
-            index, selected = _resolve_candidate(run_dir, candidate, config, selected)
-            if out is None and selected and not force:
-                done = _existing_export(run_dir, index, fmt)
-                if done is not None:
-                    return done
+            if not budgeted and not ensemble:
+                index, selected = _resolve_candidate(run_dir, candidate, config, selected)
+                if out is None and selected and not force:
+                    done = _existing_export(run_dir, index, fmt)
+                    if done is not None:
+                        return done
             if data is None:
                 from pgnas.search.pipeline import load_run_data
 
@@ -268,17 +335,52 @@ def export_run(
             _, model, posterior, dmeta = rebuild_supernet(source, data)
         else:
             dmeta = data_meta(config, data)
-            index, selected = _resolve_candidate(run_dir, candidate, config, selected)
         posterior = posterior or Posterior(model)
+        draw = lambda i: posterior.sample_candidate(i, config.seed, config.logit_shift)  # noqa: E731
+        bn = (data, config.bn_recalibrate, config.batch_size) if config.bn_recalibrate else None
+        ranked = None
+        if budgeted or (ensemble and ensemble_from == "top"):
+            from pgnas.search.select import rank, within_budget
+
+            records = list(read_candidates(run_dir / "candidates.jsonl").values())
+            if not records:
+                raise PgnasError(f"{run_dir} has no scored candidates (candidates.jsonl)")
+            if any("macs" not in r for r in records):
+                raise PgnasError(f"{run_dir}'s candidates were scored by an older pgnas without slim sizes; re-score them with "
+                                 f"pgnas sample {run_dir} --candidates {len(records)}")
+            full = max(r.get("val_seen", 0) for r in records)
+            ranked = rank([r for r in records if r.get("val_seen", full) == full])
+            latency_of = None
+            if max_latency_ms is not None:
+                from pgnas.export.latency import cached_latency
+
+                latency_of = cached_latency(run_dir, model, draw, dmeta["input_shape"], next(model.parameters()).device)
+            ranked = within_budget(ranked, **budgets, latency_of=latency_of, need=max(1, ensemble))
+        if ensemble:
+            if ensemble_from == "top":
+                members = [r["index"] for r in ranked[:ensemble]]
+            else:  # fresh draws: candidate indices no search of this seed has used
+                members = list(range(config.candidates, config.candidates + ensemble))
+            stem = f"model-ensemble{ensemble}-{ensemble_from}"
+            out_path = Path(out) if out is not None else run_dir / f"{stem}{SUFFIX[fmt]}"
+            meta = {"supernet": config.supernet, "run": str(run_dir), "candidates": members, "ensemble_from": ensemble_from, **dmeta}
+            desc = export_ensemble(model, [(i, draw(i)) for i in members], meta, out_path, fmt=fmt, force=force, bn_statistics=bn)
+            return {"model": str(out_path), "description": str(description_path(out_path)), "ensemble": members,
+                    "params": desc["params"], "macs": desc["macs"], "supernet_params": desc["supernet_params"],
+                    "supernet_macs": desc["supernet_macs"]}
+        if ranked is not None:
+            index, selected = ranked[0]["index"], False
+        elif index is None:
+            index, selected = _resolve_candidate(run_dir, candidate, config, selected)
         meta = {"supernet": config.supernet, "run": str(run_dir), "candidate": index, "selected": selected, **dmeta}
+        if budgeted:
+            meta["budget"] = {k: v for k, v in budgets.items() if v is not None}
         if out is None:
             out_path, desc_path = default_paths(run_dir, index, fmt, selected)
         else:
             out_path = Path(out)
             desc_path = description_path(out_path)
-        masks = posterior.sample_candidate(index, config.seed)
-        bn = (data, config.bn_recalibrate, config.batch_size) if config.bn_recalibrate else None
-        result, _ = export_candidate(model, masks, meta, out_path, fmt=fmt, description_out=desc_path, force=force, bn_statistics=bn)
+        result, _ = export_candidate(model, draw(index), meta, out_path, fmt=fmt, description_out=desc_path, force=force, bn_statistics=bn)
     except Exception as exc:  # noqa: BLE001  (a finished search must not be lost to an export problem)
         if on_error != "warn":
             raise

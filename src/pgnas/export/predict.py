@@ -70,10 +70,14 @@ def evaluate(model: ExportedModel | str | Path, dataset: str | None = None, *, d
         raise PgnasError(f"data set {dataset!r} has images of shape {tuple(x_all.shape[1:])}, the model reads {model.input_shape}")
     if data.num_classes != len(model.classes):
         raise PgnasError(f"data set {dataset!r} has {data.num_classes} classes, the model {len(model.classes)}")
-    correct = 0
+    from pgnas.search.calibration import calibration_metrics
+
+    probs = []
     with torch.no_grad():
         for s in range(0, len(y_all), batch_size):
-            logits = model(x_all[s : s + batch_size])
-            correct += int((logits.argmax(1) == y_all[s : s + batch_size]).sum())
+            probs.append(torch.softmax(model(x_all[s : s + batch_size]).float(), 1))
+    m = calibration_metrics(torch.cat(probs), y_all)
     n = len(y_all)
-    return {"dataset": dataset, "split": "test", "images": n, "correct": correct, "accuracy": correct / n}
+    correct = round(m["accuracy"] * n)
+    return {"dataset": dataset, "split": "test", "images": n, "correct": correct, "accuracy": m["accuracy"], "nll": m["nll"],
+            "ece": m["ece"], "reliability": m["reliability"]}

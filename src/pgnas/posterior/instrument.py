@@ -201,19 +201,70 @@ class Posterior:
 
     # ------------------------------------------------------------------ candidates
     @torch.no_grad()
-    def sample_candidate(self, index: int, seed: int = 0) -> "OrderedDict[str, Tensor]":
+    def sample_candidate(self, index: int, seed: int = 0, shift: float = 0.0) -> "OrderedDict[str, Tensor]":
         """Candidate ``index``: keep channel k of each layer with probability 1 - p_k.
 
         Drawn on the CPU in float64 from a generator seeded by (seed, index), so the same
-        posterior gives the same candidate on any device.
+        posterior gives the same candidate on any device. ``shift`` draws from the tempered
+        posterior p' = sigmoid(logit p + shift) instead (see :meth:`shift_for_cost`).
         """
         g = torch.Generator().manual_seed(candidate_seed(seed, index))
         masks: OrderedDict[str, Tensor] = OrderedDict()
         for pl in self:
-            p = pl.dropout.channel_p().detach().to("cpu", torch.float64)
+            p = torch.sigmoid(pl.dropout.channel_logit().detach().to("cpu", torch.float64) + shift)
             u = torch.rand(p.shape, generator=g, dtype=torch.float64)
             masks[pl.name] = u < (1.0 - p)  # dropped iff u >= 1 - p
         return masks
+
+    # ------------------------------------------------------------------ costs and tempering
+    def layer_costs(self, input_shape: Sequence[int]) -> dict:
+        """Per instrumented layer: parameters per input channel (its kernel slice) and MACs of one
+        forward pass on one input, with the model's other parameters and MACs."""
+        from pgnas.profile import count_macs, layer_macs
+
+        per = layer_macs(self.model, tuple(input_shape))
+        total_params = count_parameters(self.model)
+        total_macs = count_macs(self.model, tuple(input_shape))
+        layers = {}
+        for pl in self:
+            c = pl.dropout.num_channels
+            layers[pl.name] = {"slice_params": pl.layer.weight.numel() / c, "macs": per.get(pl.name, 0)}
+        return {"params": total_params, "macs": total_macs, "layers": layers}
+
+    @torch.no_grad()
+    def expected_cost(self, costs: dict, shift: float = 0.0) -> dict[str, float]:
+        """Expected kept-slice parameters and MACs of a candidate of the posterior tempered by
+        ``shift`` (p' = sigmoid(logit p + shift)): a layer keeps, in expectation, the fraction
+        1 - p' of each input channel's kernel slice and of its MACs (the paper's count; the slim
+        network export writes is at most this)."""
+        params, macs = float(costs["params"]), float(costs["macs"])
+        for pl in self:
+            p = torch.sigmoid(pl.dropout.channel_logit().detach().double().cpu() + shift)
+            c = costs["layers"][pl.name]
+            params -= float(p.sum()) * c["slice_params"]
+            macs -= float(p.mean()) * c["macs"]
+        return {"params": params, "macs": macs}
+
+    def shift_for_cost(self, costs: dict, kind: str, target: float, *, tol: float = 1e-4) -> float:
+        """The common logit shift delta for which the tempered posterior's expected ``kind``
+        ("params" or "macs") is ``target``: bisection (the expected cost falls as delta rises). It
+        moves every layer's p together on the logit scale, keeping the posterior's preferences
+        between layers. A target below what dropping everything costs raises a PgnasError."""
+        lo, hi = -30.0, 30.0
+        if self.expected_cost(costs, hi)[kind] > target:
+            floor = self.expected_cost(costs, hi)[kind]
+            raise PgnasError(f"no tempering reaches {kind} {target:.4g}: even dropping almost every channel leaves {floor:.4g}")
+        if self.expected_cost(costs, lo)[kind] <= target:
+            return lo
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if self.expected_cost(costs, mid)[kind] > target:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo < tol:
+                break
+        return 0.5 * (lo + hi)
 
     def set_candidate(self, masks: Mapping[str, Tensor]) -> None:
         missing = set(self.layers) - set(masks)

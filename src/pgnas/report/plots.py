@@ -43,6 +43,53 @@ def candidate_histogram(runs: Sequence[RunRecord], path: Path) -> Path:
     return _save(fig, path)
 
 
+def pareto(runs: Sequence[RunRecord], path: Path) -> Path | None:
+    """Validation accuracy against the slim network's MACs for every candidate of every run, each
+    run's front (no candidate at least as accurate and cheaper) as a line, the selected marked."""
+    if not all(c.get("macs") for r in runs for c in r.candidates):
+        return None  # candidates scored before slim sizes were recorded
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(runs):
+        color = COLORS[i % len(COLORS)]
+        full = [c for c in r.candidates if c.get("val_seen", 0) == max(x.get("val_seen", 0) for x in r.candidates)]
+        ax.scatter([c["macs"] / 1e6 for c in full], [100 * c["val_acc"] for c in full], s=8, alpha=0.4, color=color,
+                   label=f"{r.label} candidates")
+        front = sorted(r.summary.get("pareto", []), key=lambda c: c["macs"])
+        if front:
+            ax.step([c["macs"] / 1e6 for c in front], [100 * c["val_acc"] for c in front], where="post", color=color, lw=1.2,
+                    label=f"{r.label} front")
+        sel = r.summary["selected"]
+        if sel.get("macs"):
+            ax.scatter([sel["macs"] / 1e6], [100 * sel["val_acc"]], marker="*", s=160, color=color, edgecolor="k", zorder=5,
+                       label=f"{r.label} selected")
+    ax.set_xlabel("MACs of the slim network (millions, one input)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Accuracy against cost: every candidate, each run's Pareto front")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def reliability(run: RunRecord, path: Path) -> Path | None:
+    """Reliability diagram on the test split: accuracy against confidence (15 equal-width bins)
+    for the selected candidate, the mean network and the top-5 ensemble, with their ECE."""
+    cal = run.summary.get("calibration")
+    if not cal:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=1)
+    for i, (name, m) in enumerate(cal.items()):
+        bins = [b for b in m["reliability"] if b["count"]]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", ms=3, color=COLORS[i % len(COLORS)],
+                label=f"{name.replace('_', ' ')}: ECE {m['ece']:.3f}, NLL {m['nll']:.3f}, acc {100 * m['accuracy']:.1f}%")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Calibration on the test split: {run.label}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
 def p_per_layer(run: RunRecord, path: Path) -> Path:
     """The learned drop probability of every layer: mean over its groups, whiskers from the
     smallest to the largest group p where a layer has several groups."""

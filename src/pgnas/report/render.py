@@ -47,7 +47,7 @@ def table_rows(runs: Sequence[RunRecord]) -> list[dict]:
             "selected": sel["index"],
             "val acc": f"{100 * sel['val_acc']:.2f}%",
             "test acc": f"{100 * sel['test_acc']:.2f}%",
-            "params (kept slices)": _fmt_params(sel["params"]),
+            "params (kept slices)": _fmt_params(sel.get("params_kept_slices", sel["params"])),
             "slim params": _fmt_params(_slim(r, "params")),
             "slim MACs": _fmt_macs(_slim(r, "macs")),
             "super-net params": _fmt_params(s["supernet_params"]),
@@ -85,9 +85,15 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, force: bool
     figures: list[tuple[str, Path]] = []
     figures.append(("Candidate validation accuracies", plots.candidate_histogram(runs, out / "candidates_hist.png")))
     figures.append(("Training curves and best-so-far selection", plots.training_curves(runs, out / "training_curves.png")))
+    front = plots.pareto(runs, out / "pareto.png")
+    if front is not None:
+        figures.append(("Accuracy against MACs, with each run's Pareto front", front))
     for i, r in enumerate(runs):
         tag = f"_{i}" if len(runs) > 1 else ""
         figures.append((f"Selected architecture: {r.label}", plots.architecture_diagram(r, out / f"architecture{tag}.png")))
+        rel = plots.reliability(r, out / f"reliability{tag}.png")
+        if rel is not None:
+            figures.append((f"Calibration (reliability diagram): {r.label}", rel))
         if r.mode != "learned":  # a fixed posterior has one p everywhere: nothing to plot
             continue
         figures.append((f"Learned p per layer: {r.label}", plots.p_per_layer(r, out / f"p_layers{tag}.png")))

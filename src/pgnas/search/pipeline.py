@@ -30,7 +30,10 @@ from pgnas.search.checkpoint import (
     save_checkpoint,
 )
 from pgnas.search.distributed import Dist, barrier, broadcast_module, gather_objects, init_from_env
-from pgnas.search.select import CandidateScorer, accuracy, candidate_bn, rank, read_candidates
+from pgnas.search.calibration import average_probs, calibration_metrics
+from pgnas.search.select import (
+    CandidateScorer, accuracy, candidate_bn, pareto_front, predict_probs, rank, read_candidates, within_budget,
+)
 from pgnas.search.signals import StopRequests
 from pgnas.search.train import PosteriorTrainer, Stopped, TrainControl
 from pgnas.supernets import get_supernet
@@ -45,8 +48,9 @@ SELECTION_FILES = ("candidates.jsonl", "scoring.json", "summary.json", "model.pt
 # Settings that may change when a run is resumed; every other one must match the saved run.
 RESUME_MUTABLE = frozenset(
     {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "out",
-     "data_cache", "checkpoint_minutes"}
+     "data_cache", "checkpoint_minutes", "threads", "max_params", "max_macs", "max_latency_ms"}
 )
+ENSEMBLE_K = 5  # the summary's ensemble of the top candidates (Bayesian model averaging)
 # The paper's N (the KL term's data-set size) for the named data sets it used (method section 3).
 PAPER_N_DATA = {"cifar10": 5e5, "cifar100": 5e5, "imagenet": 1.2e6}
 
@@ -487,6 +491,10 @@ def sample(
         run.model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
         raise PgnasError(f"checkpoint {ckpt_path} does not fit its configuration: {str(exc).splitlines()[0]}") from None
+    if not resume:
+        run.cfg = run.cfg.replace(logit_shift=_tempering(run, progress and run.dist.is_main))
+    elif (out_dir / "config.toml").is_file():
+        run.cfg = run.cfg.replace(logit_shift=SearchConfig.from_toml(out_dir / "config.toml").logit_shift)
     if run.dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -501,6 +509,28 @@ def sample(
                                   timings={"data": run.data_seconds, "train": 0.0}, command="sample", source=run_dir)
 
 
+def _tempering(run: Run, say: bool) -> float:
+    """The logit shift for a budgeted ``pgnas sample``: 0 when the posterior's candidates meet the
+    budgets on average; otherwise the shift of the tempered posterior sigmoid(logit p + shift)
+    whose expected cost is 90 % of the tightest budget, so that most draws fall within it."""
+    cfg = run.cfg
+    budgets = {"params": cfg.max_params, "macs": cfg.max_macs}
+    if not any(budgets.values()):
+        return cfg.logit_shift
+    costs = run.posterior.layer_costs((run.data.in_channels, *run.data.image_size))
+    expected = run.posterior.expected_cost(costs, cfg.logit_shift)
+    over = {k: b for k, b in budgets.items() if b and expected[k] > b}
+    if not over:
+        return cfg.logit_shift
+    shift = max(run.posterior.shift_for_cost(costs, k, 0.9 * b) for k, b in over.items())
+    if say:
+        after = run.posterior.expected_cost(costs, shift)
+        what = ", ".join(f"{k} {expected[k]:.4g} > budget {b:.4g}" for k, b in over.items())
+        _log(f"the posterior's candidates average {what}: drawing from the tempered posterior sigmoid(logit p + {shift:.3f}) "
+             f"instead (expected params {after['params']:.4g}, MACs {after['macs']:.4g})")
+    return shift
+
+
 def scoring_setup(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     """What decides a candidate's score beyond its masks: scores computed under another setup
     are not comparable, so a resumed selection re-scores them."""
@@ -510,6 +540,7 @@ def scoring_setup(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
         "bn_batch_size": cfg.batch_size if cfg.bn_recalibrate else None,
         "precision": "bf16" if device.type == "cuda" else "fp32",
         "seed": cfg.seed,
+        "logit_shift": cfg.logit_shift,
     }
 
 
@@ -523,6 +554,7 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
     scorer = CandidateScorer(
         model, posterior, data, seed=cfg.seed, device=device, batch_size=cfg.eval_batch_size,
         tile=cfg.eval_tile, bn_recalibrate=cfg.bn_recalibrate, train_batch_size=cfg.batch_size, dist=run.dist,
+        shift=cfg.logit_shift,
     )
     cand_path = run_dir / "candidates.jsonl"
     setup = scoring_setup(cfg, device)
@@ -588,22 +620,41 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         _log(f"scored {cfg.candidates} candidates in {timings['score']:.1f}s: best val {ranked[0]['val_acc']:.4f} "
              f"(candidate {ranked[0]['index']})")
 
+    # ---- budgets: the best candidates within every budget given (slim params/MACs, latency here)
+    full = [r for r in ranked if r.get("val_seen", scorer.n) == scorer.n]
+    latency_of = None
+    if cfg.max_latency_ms:
+        from pgnas.export.latency import cached_latency
+
+        latency_of = cached_latency(run_dir if main else None, model, scorer.masks, scorer.input_shape, device)
+    eligible = within_budget(full or ranked, max_params=cfg.max_params, max_macs=cfg.max_macs, max_latency_ms=cfg.max_latency_ms,
+                             latency_of=latency_of, need=max(cfg.top_k, ENSEMBLE_K))
+
     # ---- report the selected candidates on the test split (reporting only, never selecting),
     # each with exactly the network that was scored (its BN statistics when they were re-estimated)
     t_test = time.perf_counter()
-    top = []
-    for rec in ranked[: cfg.top_k]:
-        masks = posterior.sample_candidate(rec["index"], cfg.seed)
+    top, member_probs = [], []
+    for rec in eligible[: max(cfg.top_k, ENSEMBLE_K)]:
+        masks = scorer.masks(rec["index"])
         with candidate_bn(model, posterior, masks, data, cfg.bn_recalibrate, cfg.batch_size, device):
             posterior.set_candidate(masks)
-            test_acc = accuracy(model, data, "test", cfg.eval_batch_size, device)
+            probs, labels = predict_probs(model, data, "test", cfg.eval_batch_size, device)
             posterior.clear_candidate()
-        stats = scorer.stats(rec["index"])
-        top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()},
-                    "removed_layer_names": stats["removed_layer_names"]})
-    best_masks = posterior.sample_candidate(ranked[0]["index"], cfg.seed)
+        member_probs.append(probs)
+        if len(top) < cfg.top_k:
+            stats = scorer.stats(rec["index"])
+            test_acc = float((probs.argmax(1) == labels).double().mean())
+            top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()},
+                        "removed_layer_names": stats["removed_layer_names"]})
+    best_masks = scorer.masks(eligible[0]["index"])
     supernet_val = accuracy(model, data, "val", cfg.eval_batch_size, device)  # the mean network (inputs x (1 - p))
-    supernet_test = accuracy(model, data, "test", cfg.eval_batch_size, device)
+    mean_probs, _ = predict_probs(model, data, "test", cfg.eval_batch_size, device)
+    supernet_test = float((mean_probs.argmax(1) == labels).double().mean())
+    calibration = {
+        "selected": calibration_metrics(member_probs[0], labels),
+        "mean_network": calibration_metrics(mean_probs, labels),
+        f"ensemble_top{len(member_probs)}": calibration_metrics(average_probs(member_probs), labels),
+    }
     timings["test"] = time.perf_counter() - t_test
     # the spread of the candidates scored on the whole split (raced-out partial scores are not comparable)
     vals = [r["val_acc"] for r in records if r.get("val_seen", scorer.n) == scorer.n]
@@ -619,6 +670,11 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         "num_candidates": cfg.candidates,
         "selection": "race" if cfg.race else "exhaustive",
         "scoring": setup,
+        "budget": {k: getattr(cfg, k) for k in ("max_params", "max_macs", "max_latency_ms") if getattr(cfg, k)},
+        "within_budget": len(eligible) if not cfg.max_latency_ms else None,
+        "pareto": [{k: r.get(k) for k in ("index", "val_acc", "params", "macs", "latency_ms") if k in r}
+                   for r in pareto_front(full or ranked)],
+        "calibration": {k: {m: v[m] for m in ("accuracy", "nll", "ece", "reliability")} for k, v in calibration.items()},
         "candidate_val_acc": {
             "candidates": len(vals),
             "mean": mean_val,

@@ -52,6 +52,21 @@ def accuracy(model: nn.Module, data, split: str, batch_size: int, device: torch.
 
 
 @torch.no_grad()
+def predict_probs(model: nn.Module, data, split: str, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Class probabilities (softmax, float32, on the CPU) of ``model`` on a split, with the labels."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in data.eval_batches(split, batch_size, device):
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(device):
+            logits, _ = split_output(model(x))
+        probs.append(torch.softmax(logits.float(), 1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(probs), torch.cat(labels)
+
+
+@torch.no_grad()
 def correct_matrix(
     model: nn.Module,
     posterior: Posterior,
@@ -191,6 +206,57 @@ def rank(records: Iterable[dict]) -> list[dict]:
     return sorted(records, key=lambda r: (-r.get("val_seen", 0), -r["val_acc"], r["params"], r["index"]))
 
 
+# ---------------------------------------------------------------------------------- budgets and the front
+def _fmt_count(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:g}"
+
+
+def within_budget(ranked: Sequence[dict], *, max_params: float | None = None, max_macs: float | None = None,
+                  max_latency_ms: float | None = None, latency_of: Callable[[int], float] | None = None,
+                  need: int = 1) -> list[dict]:
+    """The candidates of ``ranked`` (best first) within every budget given, best first: slim
+    parameters and MACs exactly (every record holds them); latency measured only for the
+    candidates the selection has to look at (best first, until ``need`` are within budget), with
+    ``latency_ms`` added to their records. No candidate within budget: a PgnasError saying the
+    smallest cost found."""
+    from pgnas.errors import PgnasError
+
+    ok = [r for r in ranked if (max_params is None or r["params"] <= max_params) and (max_macs is None or r["macs"] <= max_macs)]
+    if not ok:
+        raise PgnasError(f"no candidate within the budget (max params {_fmt_count(max_params) if max_params else '-'}, "
+                         f"max MACs {_fmt_count(max_macs) if max_macs else '-'}): the smallest has "
+                         f"{_fmt_count(min(r['params'] for r in ranked))} params and {_fmt_count(min(r['macs'] for r in ranked))} MACs")
+    if max_latency_ms is None:
+        return ok
+    if latency_of is None:
+        raise PgnasError("a latency budget needs the network to measure (latency_of)")
+    out, fastest = [], float("inf")
+    for r in ok:
+        r["latency_ms"] = latency_of(r["index"])
+        fastest = min(fastest, r["latency_ms"])
+        if r["latency_ms"] <= max_latency_ms:
+            out.append(r)
+            if len(out) >= need:
+                break
+    if not out:
+        raise PgnasError(f"no candidate runs within {max_latency_ms:g} ms here: the fastest measured took {fastest:.3g} ms")
+    return out
+
+
+def pareto_front(records: Sequence[dict], keys: Sequence[str] = ("params", "macs")) -> list[dict]:
+    """The candidates no other candidate dominates: at least as accurate on validation and at most
+    as costly in every one of ``keys``, better in one. Best validation accuracy first."""
+    front: list[dict] = []
+    for r in sorted(records, key=lambda r: (-r["val_acc"], *[r[k] for k in keys], r["index"])):
+        if not any(all(f[k] <= r[k] for k in keys) and (f["val_acc"] > r["val_acc"] or any(f[k] < r[k] for k in keys))
+                   for f in front):
+            front.append(r)
+    return front
+
+
 # ---------------------------------------------------------------------------------- the scorer
 class CandidateScorer:
     """Scores candidates of one trained posterior on the validation split."""
@@ -208,8 +274,10 @@ class CandidateScorer:
         bn_recalibrate: int = 0,
         train_batch_size: int = 128,
         dist: Dist = Dist(),
+        shift: float = 0.0,
     ) -> None:
         self.model, self.posterior, self.data = model, posterior, data
+        self.shift = shift  # candidates from the tempered posterior sigmoid(logit p + shift)
         self.seed, self.device, self.batch_size = seed, device, batch_size
         self.tile = 1 if bn_recalibrate else max(1, tile)  # per-candidate BN statistics cannot share a pass
         self.bn_recalibrate = bn_recalibrate
@@ -222,7 +290,7 @@ class CandidateScorer:
 
     def masks(self, index: int) -> dict:
         if index not in self._masks:
-            self._masks[index] = self.posterior.sample_candidate(index, self.seed)
+            self._masks[index] = self.posterior.sample_candidate(index, self.seed, self.shift)
         return self._masks[index]
 
     def stats(self, index: int) -> dict:

@@ -1,0 +1,67 @@
+"""Batch-1 latency of a candidate's slim network on the current device: what a latency budget
+is measured with. Median of repeated runs after warm-up; cached in the run folder."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pgnas.export.slim import slim_model
+
+
+def latency_ms(net: nn.Module, input_shape: Sequence[int], device: torch.device, *, repeats: int = 30, warmup: int = 5) -> float:
+    """Median milliseconds of one forward pass of ``net`` on one input (eval mode, no grad)."""
+    net = net.to(device).eval()
+    x = torch.randn((1, *input_shape), device=device)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            net(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(1000.0 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu {platform.machine()} {torch.get_num_threads()} threads"
+
+
+def cached_latency(run_dir: Path | None, model: nn.Module, masks_of: Callable[[int], Mapping[str, Tensor]],
+                   input_shape: Sequence[int], device: torch.device) -> Callable[[int], float]:
+    """``latency_of(index)``: measured once per candidate and device, kept in ``latency.json``."""
+    path = Path(run_dir) / "latency.json" if run_dir is not None else None
+    key = device_name(device)
+    cache: dict = {}
+    if path is not None and path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except ValueError:
+            cache = {}
+    mine = cache.setdefault(key, {})
+
+    def latency_of(index: int) -> float:
+        if str(index) not in mine:
+            slim = slim_model(model, masks_of(index), input_shape, check=False).model
+            mine[str(index)] = latency_ms(slim, input_shape, device)
+            if path is not None:
+                from pgnas.search.checkpoint import atomic_write_text
+
+                atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
+        return mine[str(index)]
+
+    return latency_of
