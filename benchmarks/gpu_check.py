@@ -13,7 +13,7 @@ stage, so a timeout keeps what was measured. Stages:
 * ``plain_fp32_dataloader``: a plain fp32 PyTorch loop with per-image DataLoader augmentation on
   the CPU, as the paper's code trained: ``pgnas_vs_plain`` = pgnas images/s / its images/s;
 * ``candidates``: candidates/s on 5,000 validation images: exact (tiled, bf16), one by one, raced
-  (paired racing when available), and how often tiled and one-by-one bf16 predictions agree, and
+  (paired racing), and how often tiled and one-by-one bf16 predictions agree, and
   bf16 with fp32; seconds per candidate against the paper's 40 s on a P40;
 * ``compiled``: the pgnas step under torch.compile: compile seconds, images/s, graphs compiled;
 * ``imagenet_loader``: images/s the streamed ImageNet reader alone delivers (a synthetic tree of
@@ -220,10 +220,9 @@ def candidates(net: str, dev, n_val: int, n_cand: int, tile: int) -> dict:
         "peak_memory_gib": peak_gib(dev),
     }
     scorer = CandidateScorer(model, post, data, seed=0, device=dev, batch_size=kw["batch_size"], tile=tile)
-    if hasattr(scorer, "race_paired"):
-        many = 4 * n_cand
-        _, t_race = timed(lambda: scorer.race_paired(range(many)))
-        out["raced_candidates_per_s"] = many / t_race
+    many = 4 * n_cand
+    _, t_race = timed(lambda: scorer.race(range(many)))
+    out["raced_candidates_per_s"] = many / t_race
     best = max(v for k, v in out.items() if k.endswith("candidates_per_s"))
     out["seconds_per_candidate"] = 1 / best
     out["paper_seconds_per_candidate_p40"] = 40.0

@@ -123,7 +123,7 @@ def test_imagenet_search_and_sample_end_to_end(tmp_path, procs):
     assert summary["splits"] == {"train": 18, "val": 6, "test": 6} and summary["world_size"] == procs
     assert len(_scores(run)) == 3 and (run / "model.pt").is_file()
     _run("sample", str(run), "--candidates", "5", "--quiet", "--out", str(tmp_path / "s"), procs=procs)
-    _run("sample", str(run), "--candidates", "5", "--race", "--race-rungs", "2", "--quiet", "--out", str(tmp_path / "r"), procs=procs)
+    _run("sample", str(run), "--candidates", "5", "--race", "--quiet", "--out", str(tmp_path / "r"), procs=procs)
     # candidate i of the sample is the search's candidate i, scored on the same images
     assert _scores(tmp_path / "s")[:3] == _scores(run)
     assert len(_scores(tmp_path / "r")) == 5
@@ -144,6 +144,6 @@ def test_scoring_streamed_and_decoded_once_agree(tmp_path):
         d.eval_cache_bytes = cache
         d._decoded.clear()
         scorer = CandidateScorer(model, post, d, seed=1, device=torch.device("cpu"), batch_size=8, tile=3)
-        scores.append(([r["val_acc"] for r in scorer.exhaustive(range(7))], [r["val_acc"] for r in scorer.race(range(7), rungs=2)]))
+        scores.append(([r["val_acc"] for r in scorer.exhaustive(range(7))], [r["val_acc"] for r in scorer.race(range(7), first=3)]))
         assert ("val" in d._decoded) == bool(cache)
     assert scores[0] == scores[1]

@@ -58,8 +58,8 @@ def test_sample_with_one_and_two_processes_gives_identical_scores(two_rank_run, 
     assert scores(tmp_path / "s1") == scores(tmp_path / "s2")
     assert summary(tmp_path / "s1")["selected"]["index"] == summary(tmp_path / "s2")["selected"]["index"]
     # racing sharded over ranks equals racing in one process too
-    single("sample", str(two_rank_run), "--candidates", "9", "--race", "--race-rungs", "2", "--quiet", "--out", str(tmp_path / "r1"))
-    torchrun(2, "sample", str(two_rank_run), "--candidates", "9", "--race", "--race-rungs", "2", "--quiet", "--out", str(tmp_path / "r2"))
+    single("sample", str(two_rank_run), "--candidates", "9", "--race", "--quiet", "--out", str(tmp_path / "r1"))
+    torchrun(2, "sample", str(two_rank_run), "--candidates", "9", "--race", "--quiet", "--out", str(tmp_path / "r2"))
     assert scores(tmp_path / "r1") == scores(tmp_path / "r2")
 
 

@@ -77,7 +77,7 @@ def _flag_help(f: dataclasses.Field) -> str:
     return f"{text} (default: {shown})"
 
 
-SAMPLE_KEYS = ("top_k", "eval_tile", "eval_batch_size", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "threads",
+SAMPLE_KEYS = ("top_k", "eval_tile", "eval_path", "eval_batch_size", "race", "race_delta", "bn_recalibrate", "device", "threads",
                "max_params", "max_macs", "max_latency_ms")
 TRAIN_KEYS = (
     "supernet", "dataset", "data_dir", "download", "epochs", "batch_size", "lr", "lr_schedule", "momentum", "grad_clip",

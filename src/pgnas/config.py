@@ -59,9 +59,9 @@ class SearchConfig:
     top_k: int = 5
     eval_batch_size: int = 500
     eval_tile: int = 8  # candidates per forward pass (1: one by one); exact either way
-    race: bool = False  # successive halving over the validation split (faster, may miss the winner)
-    race_eta: int = 3
-    race_rungs: int = 4
+    eval_path: str = "auto"  # "auto", "masked" (tiled super-network) or "slim" (each candidate's slim network)
+    race: bool = False  # paired racing over the validation split (faster, may miss the winner)
+    race_delta: float = 0.05  # racing: error level of the confidence bound that drops a candidate
     bn_recalibrate: int = 0  # training batches to re-estimate BN per candidate; 0: off (the paper)
     max_params: float | None = None  # select the best candidate whose slim network has at most this many parameters
     max_macs: float | None = None  # ... at most this many MACs (one input)
@@ -86,9 +86,9 @@ class SearchConfig:
         need(isinstance(self.candidates, int) and self.candidates >= 1, f"candidates must be >= 1, got {self.candidates!r}")
         need(isinstance(self.top_k, int) and self.top_k >= 1, f"top_k must be >= 1, got {self.top_k!r}")
         need(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}")
+        need(self.eval_path in ("auto", "masked", "slim"), f"eval_path must be auto, masked or slim, got {self.eval_path!r}")
         need(isinstance(self.eval_tile, int) and self.eval_tile >= 1, f"eval_tile must be >= 1, got {self.eval_tile!r}")
-        need(isinstance(self.race_eta, int) and self.race_eta >= 2, f"race_eta must be >= 2, got {self.race_eta!r}")
-        need(isinstance(self.race_rungs, int) and self.race_rungs >= 1, f"race_rungs must be >= 1, got {self.race_rungs!r}")
+        need(_finite(self.race_delta) and 0 < self.race_delta < 1, f"race_delta must be in (0, 1), got {self.race_delta!r}")
         need(isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
         for name in ("max_params", "max_macs", "max_latency_ms"):
             v = getattr(self, name)
@@ -143,6 +143,8 @@ class SearchConfig:
             from pgnas.presets import preset_settings
 
             data = {**preset_settings(str(data.pop("preset"))), **data}
+        for old in RETIRED:  # settings of older pgnas versions, still in their results folders
+            data.pop(old, None)
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -177,6 +179,9 @@ class SearchConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Settings older versions wrote (successive-halving racing): ignored when read back.
+RETIRED = ("race_eta", "race_rungs")
+
 # What each setting means (the command line's --help shows it with the default).
 FIELD_HELP = {
     "supernet": "super-network: a name from `pgnas supernets`, shake-shake-<6n+2>-2x<w>d, or module:function / file.py:function",
@@ -210,9 +215,9 @@ FIELD_HELP = {
     "top_k": "best candidates to report on the test split",
     "eval_batch_size": "rows per forward pass when scoring (all tiles together)",
     "eval_tile": "candidates per forward pass when scoring (exact either way)",
+    "eval_path": "how candidates are scored: auto (slim networks on a CPU when they are cheaper, tiles of the masked super-network on a GPU), masked or slim",
     "race": "paired racing over the validation split: faster, may miss the exhaustive winner",
-    "race_eta": "racing: keep 1/eta of the candidates per rung",
-    "race_rungs": "racing: number of rungs",
+    "race_delta": "racing: a candidate is dropped when a one-sided bound at this level says it is worse than the leader",
     "bn_recalibrate": "training batches to re-estimate each candidate's BN statistics; 0: off, as in the paper",
     "max_params": "select the best candidate whose slim network has at most this many parameters (e.g. 2.5M)",
     "max_macs": "select the best candidate whose slim network needs at most this many MACs per input (e.g. 20M)",

@@ -903,7 +903,8 @@ def slim_sizes(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Seque
     s.backward_pass()
     slim = s.build()
     gone = _removed_layer_names(s)
-    return {"params": _params(slim), "macs": s.slim_macs(slim), "removed_layers": len(gone), "removed_layer_names": gone}
+    return {"params": _params(slim), "macs": s.slim_macs(slim), "removed_layers": len(gone), "removed_layer_names": gone,
+            "model": slim.eval()}
 
 
 def slim_model(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int], *, check: bool = True) -> SlimResult:

@@ -32,7 +32,7 @@ from pgnas.search.checkpoint import (
 from pgnas.search.distributed import Dist, barrier, broadcast_module, gather_objects, init_from_env
 from pgnas.search.calibration import average_probs, calibration_metrics
 from pgnas.search.select import (
-    CandidateScorer, accuracy, candidate_bn, pareto_front, predict_probs, rank, read_candidates, within_budget,
+    CandidateScorer, RaceStopped, accuracy, candidate_bn, pareto_front, predict_probs, rank, read_candidates, within_budget,
 )
 from pgnas.search.signals import StopRequests
 from pgnas.search.train import PosteriorTrainer, Stopped, TrainControl
@@ -47,8 +47,8 @@ RUN_FILES = (
 SELECTION_FILES = ("candidates.jsonl", "scoring.json", "summary.json", "model.pt", "model.json")
 # Settings that may change when a run is resumed; every other one must match the saved run.
 RESUME_MUTABLE = frozenset(
-    {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_eta", "race_rungs", "bn_recalibrate", "device", "out",
-     "data_cache", "checkpoint_minutes", "threads", "max_params", "max_macs", "max_latency_ms"}
+    {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_delta", "bn_recalibrate", "device", "out",
+     "data_cache", "checkpoint_minutes", "threads", "max_params", "max_macs", "max_latency_ms", "eval_path"}
 )
 ENSEMBLE_K = 5  # the summary's ensemble of the top candidates (Bayesian model averaging)
 # The paper's N (the KL term's data-set size) for the named data sets it used (method section 3).
@@ -554,7 +554,7 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
     scorer = CandidateScorer(
         model, posterior, data, seed=cfg.seed, device=device, batch_size=cfg.eval_batch_size,
         tile=cfg.eval_tile, bn_recalibrate=cfg.bn_recalibrate, train_batch_size=cfg.batch_size, dist=run.dist,
-        shift=cfg.logit_shift,
+        shift=cfg.logit_shift, path=cfg.eval_path,
     )
     cand_path = run_dir / "candidates.jsonl"
     setup = scoring_setup(cfg, device)
@@ -568,12 +568,18 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
     if main:
         atomic_write_text(setup_path, json.dumps(setup) + "\n")
     if cfg.race:
-        bar = _progress(progress, total=cfg.race_rungs, desc="racing candidates", unit="rung")
-        records = scorer.race(
-            range(cfg.candidates), eta=cfg.race_eta, rungs=cfg.race_rungs, keep_min=cfg.top_k,
-            on_rung=lambda r, n, seen: (bar.set_postfix(candidates=n, examples=seen, refresh=False), bar.update(1)),
-        )
-        bar.close()
+        bar = _progress(progress, total=scorer.n, desc="racing candidates", unit="image")
+        try:
+            records = scorer.race(
+                range(cfg.candidates), delta=cfg.race_delta, keep_min=max(cfg.top_k, ENSEMBLE_K),
+                on_look=lambda r, n, seen: (bar.set_postfix(candidates=n, refresh=False), bar.update(seen - bar.n)),
+                should_stop=lambda: stop.requested,
+            )
+        except RaceStopped:
+            exc = Stopped("racing restarts on resume", max(gather_objects(stop.signum, run.dist)) or 2)
+            raise _stopped(exc, "candidate racing", run_dir, command) from None
+        finally:
+            bar.close()
         if main:
             atomic_write_text(cand_path, "".join(json.dumps(r) + "\n" for r in records))
     else:

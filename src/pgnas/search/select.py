@@ -9,8 +9,9 @@ validation accuracy on what it has seen:
 * exhaustive: every candidate on the whole split, K candidates per forward pass (the batch is
   tiled K times, tile j under candidate j's masks; BN in eval mode is per example and operation
   removal is decided per candidate, so this is exactly one-by-one evaluation, only faster);
-* racing (successive halving): every candidate on a small slice, the best 1/eta go on to a slice
-  eta times larger, ... until the finalists have seen the whole split and are ranked on it;
+* paired racing: every candidate on growing prefixes of one fixed order of the split, dropped when
+  a confidence bound on its image-by-image difference to the leader says it is worse; the
+  survivors see the whole split and are ranked on it;
 * either of them sharded over ranks under torchrun (candidates split, scores gathered), giving the
   single-process scores.
 
@@ -106,6 +107,22 @@ def correct_matrix(
     return torch.cat(rows, 0) if rows else torch.zeros(0, 0, dtype=torch.bool)
 
 
+@torch.no_grad()
+def slim_correct(net: nn.Module, data, *, batch_size: int, device: torch.device, indices: Tensor | None = None,
+                 split: str = "val", fp32: bool = False) -> Tensor:
+    """Per validation image, is the slim network's prediction right (a bool vector on the CPU):
+    the same network as the candidate in candidate mode, fewer operations (the arithmetic differs
+    only in the order of floating-point sums)."""
+    net = net.to(device).eval()
+    precision = contextlib.nullcontext if fp32 else (lambda: autocast_for(device))
+    parts = []
+    for xb, yb in data.eval_batches(split, batch_size, device, indices):
+        with precision():
+            logits = net(xb)
+        parts.append((logits.argmax(-1) == yb).cpu())
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
 def correct_counts(model: nn.Module, posterior: Posterior, masks: Sequence[dict], x: Tensor, y: Tensor, *, tile: int,
                    batch_size: int) -> list[int]:
     """Number of correct predictions of each candidate on the tensors (x, y)."""
@@ -172,6 +189,12 @@ def _is_bn_buffer(model: nn.Module, key: str) -> bool:
     return name in ("running_mean", "running_var", "num_batches_tracked") and isinstance(model.get_submodule(owner), _BN)
 
 
+class RaceStopped(Exception):
+    """A stop was requested during racing (racing restarts on resume)."""
+
+
+SLIM_BELOW = 0.8  # "auto" scores a candidate through its slim network below this share of the super-network's MACs
+
 # ---------------------------------------------------------------------------------- records
 def candidate_sizes(model: nn.Module, posterior: Posterior, masks: dict, input_shape: Sequence[int]) -> dict:
     """What a candidate costs: the slim network's ``params`` and ``macs`` (exactly what export
@@ -182,7 +205,8 @@ def candidate_sizes(model: nn.Module, posterior: Posterior, masks: dict, input_s
     st = posterior.candidate_stats(masks)
     slim = slim_sizes(model, masks, input_shape)
     return {"params": slim["params"], "macs": slim["macs"], "params_kept_slices": st["params"], "kept_fraction": st["kept_fraction"],
-            "layers": st["layers"], "removed_layers": slim["removed_layers"], "removed_layer_names": slim["removed_layer_names"]}
+            "layers": st["layers"], "removed_layers": slim["removed_layers"], "removed_layer_names": slim["removed_layer_names"],
+            "slim": slim["model"]}
 
 
 def read_candidates(path: Path) -> dict[int, dict]:
@@ -275,6 +299,7 @@ class CandidateScorer:
         train_batch_size: int = 128,
         dist: Dist = Dist(),
         shift: float = 0.0,
+        path: str = "auto",
     ) -> None:
         self.model, self.posterior, self.data = model, posterior, data
         self.shift = shift  # candidates from the tempered posterior sigmoid(logit p + shift)
@@ -285,6 +310,8 @@ class CandidateScorer:
         self.dist = dist
         self.n = int(data.sizes()["val"])
         self.input_shape = (int(data.in_channels), *(int(v) for v in data.image_size))
+        self.path = path  # "auto", "masked" (tiled super-network) or "slim" (each candidate's slim network)
+        self._supernet_macs: int | None = None
         self._masks: dict[int, dict] = {}
         self._stats: dict[int, dict] = {}
 
@@ -295,10 +322,43 @@ class CandidateScorer:
 
     def stats(self, index: int) -> dict:
         """Sizes of candidate ``index``: ``params`` and ``macs`` of the slim network export would
-        write, ``params_kept_slices`` (the paper's count), kept channel fraction, removed layers."""
+        write, ``params_kept_slices`` (the paper's count), kept channel fraction, removed layers
+        (and, until it is scored, the slim network itself)."""
         if index not in self._stats:
             self._stats[index] = candidate_sizes(self.model, self.posterior, self.masks(index), self.input_shape)
+            if not (self.path != "masked" and not self.bn_recalibrate):
+                self._stats[index].pop("slim")  # the masked path will not use it
         return self._stats[index]
+
+    def _slim_net(self, index: int) -> nn.Module:
+        """The candidate's slim network, used once (it is not kept: rebuilding costs milliseconds)."""
+        net = self.stats(index).pop("slim", None)
+        if net is None:
+            from pgnas.export.slim import slim_sizes
+
+            net = slim_sizes(self.model, self.masks(index), self.input_shape)["model"]
+        return net
+
+    def use_slim(self, index: int) -> bool:
+        """Score this candidate through its slim network? ``slim``: always; ``auto``: on a CPU when
+        its slim network needs at most SLIM_BELOW of the super-network's MACs (on a GPU, tiles of
+        the masked super-network use the device's width better); never with BN re-estimation."""
+        if self.path == "masked" or self.bn_recalibrate:
+            return False
+        if self.path == "slim":
+            return True
+        if self.device.type != "cpu":
+            self.stats(index).pop("slim", None)
+            return False
+        if self._supernet_macs is None:
+            from pgnas.profile import count_macs
+
+            self._supernet_macs = count_macs(self.model, self.input_shape, device=self.device)
+        st = self.stats(index)
+        if st["macs"] > SLIM_BELOW * self._supernet_macs:
+            st.pop("slim", None)
+            return False
+        return True
 
     def record(self, index: int, correct: int, seen: int) -> dict:
         st = self.stats(index)
@@ -317,18 +377,23 @@ class CandidateScorer:
         """Per candidate, its correctness on each validation image at ``examples`` (all by
         default): this rank scores its share of the candidates, the results are gathered."""
         mine = list(indices)[self.dist.rank :: self.dist.world_size]
-        masks = [self.masks(i) for i in mine]
         kw = dict(batch_size=self.batch_size, device=self.device, indices=examples, fp32=fp32)
+        out: dict[int, Tensor] = {}
         if self.bn_recalibrate:
-            rows = []
-            for m in masks:
+            for i in mine:
+                m = self.masks(i)
                 with candidate_bn(self.model, self.posterior, m, self.data, self.bn_recalibrate, self.train_batch_size, self.device):
-                    rows.append(correct_matrix(self.model, self.posterior, [m], self.data, tile=1, **kw))
-            mat = torch.cat(rows) if rows else None
+                    out[i] = correct_matrix(self.model, self.posterior, [m], self.data, tile=1, **kw)[0]
         else:
-            mat = correct_matrix(self.model, self.posterior, masks, self.data, tile=self.tile, **kw) if masks else None
+            slim = [i for i in mine if self.use_slim(i)]
+            masked = [i for i in mine if i not in set(slim)]
+            if masked:
+                mat = correct_matrix(self.model, self.posterior, [self.masks(i) for i in masked], self.data, tile=self.tile, **kw)
+                out.update({i: mat[j] for j, i in enumerate(masked)})
+            for i in slim:
+                out[i] = slim_correct(self._slim_net(i), self.data, **kw)
         merged: dict[int, Tensor] = {}
-        for part in gather_objects({i: mat[j] for j, i in enumerate(mine)} if mine else {}, self.dist):
+        for part in gather_objects(out, self.dist):
             merged.update(part)
         return merged
 
@@ -363,34 +428,71 @@ class CandidateScorer:
             r["val_acc"] = int(rows[r["index"]].sum()) / self.n
         self._masks.clear()
 
-    def race(self, indices: Sequence[int], *, eta: int = 3, rungs: int = 4, keep_min: int = 1,
-             on_rung: Callable[[int, int, int], None] | None = None) -> list[dict]:
-        """Successive halving: rung r scores the survivors on the first n_r examples of a fixed
-        (seeded) order of the split, n_r = ceil(N / eta^(rungs-1-r)); after each rung the best
-        ceil(survivors / eta) (at least ``keep_min``) go on. With rungs = 1 this is exhaustive."""
-        n = self.n
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 7919))
-        sizes = sorted({min(n, math.ceil(n / eta ** (rungs - 1 - r))) for r in range(rungs)})
+    def race(self, indices: Sequence[int], *, delta: float = 0.05, first: int | None = None, keep_min: int = 1,
+             on_look: Callable[[int, int, int], None] | None = None, should_stop: Callable[[], bool] | None = None) -> list[dict]:
+        """Paired racing over the validation split.
+
+        Every candidate sees the same images in the same (seeded, random) order, looked at in
+        doubling prefixes (``first``, 2 x ``first``, ..., the whole split; ``first`` defaults to
+        1/32 of the split, at least 64 images). At each look the leader is the candidate with the
+        most correct images so far; another candidate is dropped when a one-sided confidence
+        bound on its per-image correctness difference to the leader is below zero:
+
+            mean(d) + z * sqrt(var(d) / n) * sqrt(1 - (n - 1) / (N - 1)) < 0,   z = Phi^-1(1 - delta / looks)
+
+        with d in {-1, 0, 1} per image, n images seen of N. Why this bound: the difference is
+        *paired*, so what two candidates of one posterior share (they agree on most images) cancels
+        and its variance is small; the finite-population factor makes it exact about the quantity
+        selection uses, the accuracy on the whole (finite) split, and shrinks to 0 as n reaches N;
+        ``delta`` is split over the looks (Bonferroni), since dropping the eventual exhaustive winner
+        needs one wrong decision against the leader at some look. The survivors (at least
+        ``keep_min``) are scored on the whole split, so their scores and order are exact; dropped
+        candidates keep their partial scores (``val_seen`` < N).
+        """
+        from statistics import NormalDist
+
+        n_all = self.n
+        order = torch.randperm(n_all, generator=torch.Generator().manual_seed(self.seed + 7919))
+        first = first or max(64, math.ceil(n_all / 32))
+        looks = []
+        while not looks or looks[-1] < n_all:
+            looks.append(min(n_all, first * 2 ** len(looks)))
+        z = NormalDist().inv_cdf(1 - delta / len(looks))
         alive = list(indices)
-        correct = {i: 0 for i in alive}
+        seen_rows: dict[int, list[Tensor]] = {i: [] for i in alive}
         records: dict[int, dict] = {}
         seen = 0
-        for r, target in enumerate(sizes):
+        for look, target in enumerate(looks):
             rows = self.correct(alive, order[seen:target])
             for i in alive:
-                correct[i] += int(rows[i].sum())
+                seen_rows[i].append(rows[i])
             seen = target
-            if on_rung is not None:
-                on_rung(r, len(alive), seen)
-            if seen == n:
+            if on_look is not None:
+                on_look(look, len(alive), seen)
+            if seen == n_all:
                 break
-            ordered = sorted(alive, key=lambda i: (-correct[i], self.stats(i)["params"], i))
-            keep = max(keep_min, math.ceil(len(alive) / eta))
-            for i in ordered[keep:]:
-                records[i] = self.record(i, correct[i], seen)
-                self._masks.pop(i, None)
-            alive = ordered[:keep]
+            if should_stop is not None and any(gather_objects(bool(should_stop()), self.dist)):
+                raise RaceStopped()  # the caller turns it into a stop: racing restarts on resume
+            mats = {i: torch.cat(seen_rows[i]) for i in alive}
+            counts = {i: int(mats[i].sum()) for i in alive}
+            ordered = sorted(alive, key=lambda i: (-counts[i], self.stats(i)["params"], i))
+            leader = mats[ordered[0]].double()
+            fpc = math.sqrt(max(0.0, 1 - (seen - 1) / max(1, n_all - 1)))
+            keep = []
+            for rank_i, i in enumerate(ordered):
+                if rank_i < keep_min:
+                    keep.append(i)
+                    continue
+                d = mats[i].double() - leader
+                bound = float(d.mean()) + z * math.sqrt(float(d.var(unbiased=True)) / seen) * fpc
+                if bound < 0:
+                    records[i] = self.record(i, counts[i], seen)
+                    self._masks.pop(i, None)
+                    seen_rows.pop(i)
+                else:
+                    keep.append(i)
+            alive = keep
         for i in alive:
-            records[i] = self.record(i, correct[i], seen)
+            records[i] = self.record(i, int(torch.cat(seen_rows[i]).sum()), seen)
         self._masks.clear()
         return [records[i] for i in indices]
