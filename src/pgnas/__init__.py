@@ -10,6 +10,8 @@ from pgnas.posterior import Posterior, instrument
 from pgnas import search  # a callable package: pgnas.search(config) runs a search
 from pgnas.search import SearchResult, resume_config
 from pgnas.supernets import get_supernet, list_supernets, register
+from pgnas.export.formats import load_model
+from pgnas.retrain import train
 
 __version__ = "0.1.0"
 
@@ -27,8 +29,10 @@ __all__ = [
     "SearchResult",
     "get_supernet",
     "instrument",
+    "load_model",
     "list_supernets",
     "register",
     "resume",
     "search",
+    "train",
 ]
