@@ -72,7 +72,7 @@ class SearchConfig:
     device: str = "auto"
     compile: bool = False  # torch.compile the training step's model (GPU runs)
     checkpoint_minutes: float = 10.0  # also checkpoint inside an epoch this often; 0: at epoch ends only
-    threads: int | None = None  # CPU threads for torch; None: $OMP_NUM_THREADS, else the cores this process may use
+    threads: int | None = None  # CPU threads for torch; None: torch's ($OMP_NUM_THREADS), at most the cores this process may use
     out: str | None = None
 
     # ------------------------------------------------------------------ validation
@@ -227,7 +227,7 @@ FIELD_HELP = {
     "device": "auto, cpu or cuda[:N]",
     "compile": "torch.compile the network for training",
     "checkpoint_minutes": "also checkpoint inside an epoch this often; 0: at epoch ends only",
-    "threads": "CPU threads for torch (default: $OMP_NUM_THREADS, else the cores this process may use)",
+    "threads": "CPU threads for torch (default: torch's own, e.g. $OMP_NUM_THREADS, at most the cores this process may use)",
     "out": "results folder (default: runs/<supernet>-<dataset>-<time>)",
 }
 

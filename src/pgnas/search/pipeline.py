@@ -164,14 +164,13 @@ def _progress(enabled: bool, **kw):
 
 
 def set_threads(cfg: SearchConfig) -> int:
-    """Torch's CPU threads: ``cfg.threads``, else $OMP_NUM_THREADS (torchrun sets 1 per process),
-    else the cores this process may use (its affinity: SLURM, taskset). Oversubscribed threads
-    (more than the cores available) can make a CPU epoch a hundred times slower."""
-    import os
-
+    """Torch's CPU threads: ``cfg.threads`` when given; otherwise what torch has (e.g.
+    $OMP_NUM_THREADS, which torchrun sets to 1 per process), but never more than the cores this
+    process may use (its affinity: SLURM, taskset). Oversubscribed threads can make a CPU epoch a
+    hundred times slower."""
     from pgnas.data.imagefolder import usable_cpus
 
-    n = cfg.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or usable_cpus()
+    n = cfg.threads or min(torch.get_num_threads(), usable_cpus())
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
