@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("sample", help="draw and rank (more) candidates from a trained posterior")
     sm.add_argument("run_dir", metavar="RUN_DIR", help="results folder of a finished search")
-    sm.add_argument("--candidates", type=int, required=True, help="number of candidates")
+    sm.add_argument("--candidates", type=int, required=True, help="number of candidates to draw and rank (required; no default)")
     sm.add_argument("--out", help="results folder (default: RUN_DIR/sample-<C>)")
     sm.add_argument("--seed", type=int, default=None, help="candidate seed (default: the search's, so candidate i is the same)")
     _add_config_flags(sm, SAMPLE_KEYS)

@@ -1,0 +1,176 @@
+"""From a search to a network in the user's own code, as a new user meets it: the export commands
+after a search, candidates of a sample, unfinished runs, the exported module, one-line errors for
+networks that cannot take the data, help texts, suggestions, presets in config files, threads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import pgnas
+from pgnas.cli import main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("user") / "run"
+    pgnas.search({"supernet": "shake-shake-8-2x16d", "epochs": 2, "candidates": 6, "top_k": 2, "out": str(out)}, progress=False)
+    return out
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_export_of_a_finished_search_says_the_model_is_there(run, capsys):
+    before = (run / "model.pt").read_bytes()
+    assert main(["export", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "already the export of the selected candidate" in out and str(run / "model.pt") in out
+    assert (run / "model.pt").read_bytes() == before
+
+
+def test_description_files_of_formats_do_not_collide(run, tmp_path):
+    from pgnas.export import export_run
+
+    a = export_run(run, 1, fmt="pt", out=tmp_path / "m.pt")
+    b = export_run(run, 1, fmt="torchscript", out=tmp_path / "m.torchscript.pt")
+    assert len({a["description"], b["description"], a["model"], b["model"]}) == 4
+
+
+def test_a_sampled_candidate_exports_from_the_sample_and_from_the_run(run, tmp_path, capsys):
+    from pgnas.search.pipeline import sample
+
+    sample(run, candidates=9, out=run / "more", progress=False)
+    assert main(["export", str(run / "more"), "--candidate", "8", "--out", str(tmp_path / "s8.pt")]) == 0
+    assert main(["export", str(run), "--candidate", "8", "--out", str(tmp_path / "r8.pt")]) == 0  # the same seed: the same candidate
+    a = torch.load(tmp_path / "s8.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "r8.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert main(["export", str(run), "--candidate", "60", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "was not scored" in _err(capsys)
+
+
+def test_an_unfinished_run_is_refused_unless_asked(run, tmp_path, capsys):
+    import shutil
+
+    from pgnas.search.checkpoint import load_checkpoint, save_checkpoint
+
+    half = tmp_path / "half"
+    shutil.copytree(run, half)
+    state = load_checkpoint(half / "checkpoint.pt")
+    save_checkpoint(half / "checkpoint.pt", {**state, "epoch": 1})
+    assert main(["export", str(half), "--candidate", "2", "--out", str(tmp_path / "h.pt")]) == 2
+    assert "training stopped after epoch 1 of 2" in _err(capsys)
+    assert main(["export", str(half), "--candidate", "2", "--out", str(tmp_path / "h.pt"), "--allow-unfinished"]) == 0
+
+
+def test_the_exported_model_is_a_trainable_module_taking_images(run):
+    model = pgnas.load_model(run / "model.pt")
+    assert isinstance(model, nn.Module) and not model.training
+    from pgnas.data import load_dataset
+
+    data = load_dataset("digits")
+    with torch.no_grad():
+        a = model(data.test_x[:8])  # uint8 images as they are
+        b = model(data.test_x[:8].float() / 255)  # or floats in [0, 1]
+        c = model.net(data.normalise(data.test_x[:8]))  # the network itself takes normalised input
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+    model.train()
+    loss = nn.functional.cross_entropy(model(data.train_x[:16]), data.train_y[:16])
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--supernet", "shake-shake-15-2x16d"], "cannot be built .*6n\\+2"),
+    (["--supernet", "densenet121-g8"], "cannot take the data set's inputs \\(10 classes of 1x8x8 images\\)"),
+])
+def test_a_network_that_cannot_take_the_data_is_one_line_and_leaves_nothing(tmp_path, capsys, args, match):
+    import re
+
+    out = tmp_path / "run"
+    assert main(["search", *args, "--out", str(out)]) == 2
+    assert re.search(match, _err(capsys))
+    assert not out.exists()
+
+
+def test_progress_says_the_projected_time(tmp_path, capsys):
+    pgnas.search({"supernet": "shake-shake-8-2x16d", "epochs": 2, "candidates": 2, "batch_size": 16, "out": str(tmp_path / "r")})
+    err = capsys.readouterr().err
+    assert "projected: training" in err and "then scoring 2 candidates about" in err
+
+
+def test_a_gpu_preset_on_a_cpu_warns_before_it_starts(tmp_path, capsys, monkeypatch):
+    import pgnas.search.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "search", lambda *a, **k: (_ for _ in ()).throw(pgnas.PgnasError("stopped for the test")))
+    main(["search", "--preset", "supnet-m-cifar10", "--device", "cpu", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert "warning: preset supnet-m-cifar10 needs GPU" in err
+
+
+def test_every_flag_says_its_meaning_and_default():
+    from pgnas.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for cmd in ("search", "train", "sample"):
+        for action in sub.choices[cmd]._actions:
+            if action.option_strings and action.dest not in ("help",):
+                assert action.help and len(action.help) > 8, (cmd, action.option_strings)
+                if action.dest in {f for f in pgnas.SearchConfig.__dataclass_fields__}:
+                    assert "default" in action.help or action.required, (cmd, action.option_strings, action.help)
+
+
+def test_mistyped_names_get_the_closest_suggested(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--lamda-w", "3"])
+    assert "did you mean --lamda-w -> --lambda-w" in capsys.readouterr().err
+    assert main(["search", "--supernet", "shake-shak-8-2x16d", "--out", str(tmp_path / "a")]) == 2
+    assert "did you mean shake-shake-8-2x16d?" in _err(capsys)
+    (tmp_path / "c.toml").write_text("epoch = 3\n")
+    assert main(["search", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "b")]) == 2
+    assert "epoch (did you mean epochs?)" in _err(capsys)
+
+
+def test_a_config_file_may_name_a_preset(tmp_path):
+    from pgnas.cli import _config_file_settings
+
+    (tmp_path / "c.toml").write_text('preset = "cifar10-small"\nepochs = 3\n')
+    s = _config_file_settings(str(tmp_path / "c.toml"))
+    assert s["supernet"] == "shake-shake-8-2x32d" and s["image_size"] == 16 and s["epochs"] == 3
+    cfg = pgnas.SearchConfig.from_dict({"preset": "cifar10-small", "epochs": 4})
+    assert cfg.train_subset == 5000 and cfg.epochs == 4
+
+
+def test_evaluate_reads_the_data_set_from_the_model_file(run, capsys):
+    assert main(["evaluate", str(run / "model.pt"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert res["dataset"] == "digits" and res["accuracy"] == pytest.approx(summary["selected"]["test_acc"])
+    assert res["nll"] == pytest.approx(summary["calibration"]["selected"]["nll"], rel=1e-6)
+
+
+def test_sample_reports_as_sample(run, tmp_path, capsys):
+    assert main(["sample", str(run), "--candidates", "3", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "pgnas sample:" in out and "pgnas search:" not in out and "training" not in out.split("time:")[1]
+
+
+def test_threads_setting(tmp_path):
+    from pgnas.search.pipeline import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(pgnas.SearchConfig(threads=1)) == 1 and torch.get_num_threads() == 1
+        assert set_threads(pgnas.SearchConfig()) == 1  # never raised above torch's own setting
+    finally:
+        torch.set_num_threads(before)
