@@ -23,6 +23,10 @@ def test_default_search_end_to_end_small_budget(tmp_path, small_config):
     sel = s["selected"]
     assert {"index", "val_acc", "test_acc", "params"} <= set(sel)
     assert s["num_candidates"] == 6 and len(s["top_k"]) == 3
+    secs = s["seconds"]  # every stage timed; together they are the wall time
+    assert {"data", "train", "score", "test", "export", "other", "total"} <= set(secs)
+    assert sum(v for k, v in secs.items() if k != "total") == pytest.approx(secs["total"], abs=0.01)
+    assert secs["other"] < 0.5 * secs["total"]
     assert s["supernet_params"] > sel["params"] > 0
     assert s["posterior"]["mode"] == "learned" and 0 < s["posterior"]["mean_p"] < 1
     cands = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
