@@ -9,9 +9,11 @@ seeds. Per seed:
 
 * ``pgnas``: the PGNAS search (learned p, 300 candidates); its winner without fine-tuning;
 * ``random``: the same search with p fixed at the rate whose expected kept-slice parameters equal
-  the guided winner's (Bender et al.'s baseline at the same size); its winner without fine-tuning,
-  and ``random_finetuned``: that winner fine-tuned with ``pgnas train`` (FT_EPOCHS epochs at
-  lr 0.01, cosine, no weight decay);
+  the guided winner's (Bender et al.'s baseline at the same size); its winner, the best on
+  validation among its candidates with at most 5 % more kept-slice parameters than the guided
+  winner (selection would favour the larger draws otherwise), without fine-tuning, and
+  ``random_finetuned``: that winner fine-tuned with ``pgnas train`` (FT_EPOCHS epochs at lr 0.01,
+  cosine, no weight decay);
 * ``magnitude``: the guided run's trained weights, each layer keeping exactly as many input channels
   as the guided winner, chosen by the largest ``||W[:, k]||`` (structured magnitude pruning), no
   fine-tuning;
@@ -59,14 +61,33 @@ def log(msg: str) -> None:
     print(f"[paper_regime {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def search(cfg: pgnas.SearchConfig) -> pgnas.SearchResult:
-    """Run a search, or reuse it when its folder holds a finished one."""
+def search(cfg: pgnas.SearchConfig):
+    """Run a search, or reuse a finished one from its files (no re-scoring)."""
     out = Path(cfg.out)
     if (out / "summary.json").is_file():
-        from pgnas.search.pipeline import resume_config
+        from types import SimpleNamespace
 
-        return pgnas.search(resume_config(out), resume=True, progress=False)  # training done: re-ranks from candidates.jsonl
+        from pgnas.export.from_run import rebuild_supernet
+        from pgnas.search.select import read_candidates
+
+        saved, model, post, _ = rebuild_supernet(out)
+        summary = json.loads((out / "summary.json").read_text())
+        records = [read_candidates(out / "candidates.jsonl")[i] for i in range(saved.candidates)]
+        sel = summary["selected"]
+        return SimpleNamespace(run_dir=out, summary=summary, model=model, posterior=post, candidates=records, selected=sel,
+                               selected_masks=post.sample_candidate(sel["index"], saved.seed, saved.logit_shift))
     return pgnas.search(cfg, force=out.exists(), progress=False)
+
+
+def kept_slices(rec: dict) -> int:
+    """The paper's parameter count of a candidate record (older records called it ``params``)."""
+    return rec.get("params_kept_slices", rec["params"])
+
+
+def slim_params(rec: dict, summary: dict | None = None) -> int | None:
+    if "params_kept_slices" in rec:
+        return rec["params"]
+    return (summary or {}).get("export", {}).get("params")
 
 
 def retrain(cfg: pgnas.SearchConfig, **kw):
@@ -151,9 +172,9 @@ def run_seed(base: dict, seed: int, work: Path, device) -> tuple[dict, dict]:
     pg = search(cfg.replace(out=str(work / f"pgnas-s{seed}")))
     total = pg.summary["supernet_params"]
     sel = pg.selected
-    arms["pgnas"] = {"test_acc": sel["test_acc"], "val_acc": sel["val_acc"], "params_kept_slices": sel["params_kept_slices"],
-                     "params_slim": sel["params"], "macs_slim": sel["macs"], "index": sel["index"],
-                     "kept_param_fraction": sel["params_kept_slices"] / total, "kept_channel_fraction": sel["kept_fraction"],
+    arms["pgnas"] = {"test_acc": sel["test_acc"], "val_acc": sel["val_acc"], "params_kept_slices": kept_slices(sel),
+                     "params_slim": slim_params(sel, pg.summary), "index": sel["index"],
+                     "kept_param_fraction": kept_slices(sel) / total, "kept_channel_fraction": sel["kept_fraction"],
                      "mean_p": pg.summary["posterior"]["mean_p"], "candidate_val_mean": pg.summary["candidate_val_acc"]["mean"],
                      "candidate_val_std": pg.summary["candidate_val_acc"]["std"], "training_seconds": pg.summary["training_seconds"]}
     arms["supernet"] = {"test_acc": pg.summary["supernet_test_acc"], "params": total, "macs": pg.summary.get("supernet_macs")}
@@ -161,19 +182,34 @@ def run_seed(base: dict, seed: int, work: Path, device) -> tuple[dict, dict]:
 
     log(f"seed {seed}: magnitude arm")
     arms["magnitude"] = magnitude_arm(pg, data, device, shape)
+    arms["magnitude"]["beats_pgnas_on_validation"] = arms["magnitude"]["val_acc"] > sel["val_acc"]
 
-    p = uniform_p_for(pg.model, pg.posterior, sel["params_kept_slices"] / total)
+    p = uniform_p_for(pg.model, pg.posterior, kept_slices(sel) / total)
     log(f"seed {seed}: random search at fixed p {p:.4f}")
     rd = search(cfg.replace(posterior=f"fixed:{p:.4f}", out=str(work / f"random-s{seed}")))
-    rsel = rd.selected
-    arms["random"] = {"test_acc": rsel["test_acc"], "val_acc": rsel["val_acc"], "params_kept_slices": rsel["params_kept_slices"],
-                      "params_slim": rsel["params"], "macs_slim": rsel["macs"], "p": p, "index": rsel["index"],
+    # the random winner at the same size: the best on validation whose kept-slice parameters are
+    # at most 5 % above the guided winner's (selection favours the larger draws otherwise)
+    limit = 1.05 * kept_slices(sel)
+    same = [r for r in rd.candidates if kept_slices(r) <= limit]
+    rwin = rank(same or rd.candidates)[0]
+    rmasks = rd.posterior.sample_candidate(rwin["index"], seed)
+    racc = test_of(rd, rmasks, data, device)
+    rslim = slim_model(rd.model, rmasks, shape)
+    arms["random"] = {"test_acc": racc["test_acc"], "val_acc": rwin["val_acc"], "params_kept_slices": kept_slices(rwin),
+                      "params_slim": rslim.params, "macs_slim": rslim.macs, "p": p, "index": rwin["index"],
+                      "within_5pct_of_pgnas": len(same), "unconstrained_winner_test_acc": rd.selected["test_acc"],
+                      "unconstrained_winner_params_kept_slices": kept_slices(rd.selected),
                       "supernet_test_acc": rd.summary["supernet_test_acc"],
                       "candidate_val_mean": rd.summary["candidate_val_acc"]["mean"], "candidate_val_std": rd.summary["candidate_val_acc"]["std"]}
     curves["random"] = curve(rd, data, device, seed)
 
     log(f"seed {seed}: random winner fine-tuned {FT_EPOCHS} epochs")
-    ft = retrain(cfg.replace(epochs=FT_EPOCHS, lr=FT_LR, out=str(work / f"random-ft-s{seed}")), model_file=rd.run_dir / "model.pt")
+    from pgnas.export.from_run import export_run
+
+    rfile = work / f"random-s{seed}" / f"same-size-candidate{rwin['index']}.pt"
+    if not rfile.exists():
+        export_run(rd.run_dir, rwin["index"], out=rfile)
+    ft = retrain(cfg.replace(epochs=FT_EPOCHS, lr=FT_LR, out=str(work / f"random-ft-same-s{seed}")), model_file=rfile)
     arms["random_finetuned"] = {"test_acc": ft["test_acc"], "val_acc": ft["val_acc"], "epochs": FT_EPOCHS, "lr": FT_LR, "params_slim": ft["params"]}
 
     log(f"seed {seed}: plain super-network")
@@ -265,7 +301,7 @@ def main() -> None:
             name = f"pgnas-s{seed}" if lw == (cfg0.lambda_w or 50.0) else f"lambda{lw:g}-s{seed}"
             log(f"lambda_w {lw:g}")
             res = search(cfg0.replace(lambda_w=lw, candidates=min(100, args.candidates), out=str(work / name)))
-            points.append({"lambda_w": lw, "params": res.selected["params_kept_slices"], "params_slim": res.selected["params"],
+            points.append({"lambda_w": lw, "params": kept_slices(res.selected), "params_slim": slim_params(res.selected, res.summary),
                            "test_error": 1 - res.selected["test_acc"], "mean_p": res.summary["posterior"]["mean_p"],
                            "supernet_test_error": 1 - res.summary["supernet_test_acc"], "run": name})
             (out_dir / "lambda_sweep.json").write_text(json.dumps({"points": points, "seed": seed, "config": base}, indent=2) + "\n")
