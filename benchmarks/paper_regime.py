@@ -10,8 +10,8 @@ seeds. Per seed:
 * ``pgnas``: the PGNAS search (learned p, 300 candidates); its winner without fine-tuning;
 * ``random``: the same search with p fixed at the rate whose expected kept-slice parameters equal
   the guided winner's (Bender et al.'s baseline at the same size); its winner, the best on
-  validation among its candidates with at most 5 % more kept-slice parameters than the guided
-  winner (selection would favour the larger draws otherwise), without fine-tuning, and
+  validation among its candidates within 5 % of the guided winner's kept-slice parameters
+  (selection would favour the larger draws otherwise), without fine-tuning, and
   ``random_finetuned``: that winner fine-tuned with ``pgnas train`` (FT_EPOCHS epochs at lr 0.01,
   cosine, no weight decay);
 * ``magnitude``: the guided run's trained weights, each layer keeping exactly as many input channels
@@ -189,9 +189,9 @@ def run_seed(base: dict, seed: int, work: Path, device) -> tuple[dict, dict]:
     log(f"seed {seed}: random search at fixed p {p:.4f}")
     rd = search(cfg.replace(posterior=f"fixed:{p:.4f}", out=str(work / f"random-s{seed}")))
     # the random winner at the same size: the best on validation whose kept-slice parameters are
-    # at most 5 % above the guided winner's (selection favours the larger draws otherwise)
-    limit = 1.05 * kept_slices(sel)
-    same = [r for r in rd.candidates if kept_slices(r) <= limit]
+    # within 5 % of the guided winner's (selection favours the larger draws otherwise)
+    target = kept_slices(sel)
+    same = [r for r in rd.candidates if abs(kept_slices(r) - target) <= 0.05 * target]
     rwin = rank(same or rd.candidates)[0]
     rmasks = rd.posterior.sample_candidate(rwin["index"], seed)
     racc = test_of(rd, rmasks, data, device)
@@ -238,10 +238,11 @@ def summarise(per_seed: list[dict]) -> dict:
         "plain_train_acc": mean([s["plain"]["train_acc_clean"] for s in per_seed]),
     }
     out["pgnas_vs_random_error_ratio"] = out["pgnas_test_error"] / out["random_test_error"]
-    out["params_gap_pgnas_vs_random"] = abs(out["pgnas_params"] - out["random_params"]) / out["random_params"]
+    out["params_gap_pgnas_vs_random"] = max(abs(s["pgnas"]["params_kept_slices"] - s["random"]["params_kept_slices"])
+                                            / s["pgnas"]["params_kept_slices"] for s in per_seed)
     out["targets"] = {
         "ratio_at_most_0.86": out["pgnas_vs_random_error_ratio"] <= 0.86,
-        "params_within_5pct": out["params_gap_pgnas_vs_random"] <= 0.05,
+        "params_within_5pct": out["params_gap_pgnas_vs_random"] <= 0.05,  # every seed's pair
         "pgnas_at_most_random_finetuned": out["pgnas_test_error"] <= out["random_finetuned_test_error"],
         "pgnas_at_most_magnitude": out["pgnas_test_error"] <= out["magnitude_test_error"],
         "conditions": {"plain_train_acc_at_least_0.90": out["plain_train_acc"] >= 0.90,
