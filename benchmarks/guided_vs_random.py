@@ -47,7 +47,7 @@ def finetune_and_test(result: pgnas.SearchResult, cfg: pgnas.SearchConfig, epoch
                                lambda_w=cfg.lambda_w, n_data=cfg.n_data)
     for _ in range(epochs):
         trainer.train_epoch()
-    acc = accuracy(model, data, "test", cfg.eval_batch_size, run.device)
+    acc = accuracy(model, data, "test", cfg.eval_batch(run.device.type), run.device)
     post.clear_candidate()
     return acc
 

@@ -57,8 +57,8 @@ class SearchConfig:
     # guided sampling and selection
     candidates: int = 100
     top_k: int = 5
-    eval_batch_size: int = 500
-    eval_tile: int = 8  # candidates per forward pass (1: one by one); exact either way
+    eval_batch_size: int | None = None  # rows per scoring pass; None: 128 on a CPU (cache-sized), 2000 on a GPU
+    eval_tile: int | None = None  # candidates per forward pass (1: one by one), exact either way; None: 1 on a CPU, 8 on a GPU
     eval_path: str = "auto"  # "auto", "masked" (tiled super-network) or "slim" (each candidate's slim network)
     race: bool = False  # paired racing over the validation split (faster, may miss the winner)
     race_delta: float = 0.05  # racing: error level of the confidence bound that drops a candidate
@@ -85,9 +85,9 @@ class SearchConfig:
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
         need(isinstance(self.candidates, int) and self.candidates >= 1, f"candidates must be >= 1, got {self.candidates!r}")
         need(isinstance(self.top_k, int) and self.top_k >= 1, f"top_k must be >= 1, got {self.top_k!r}")
-        need(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}")
+        need(self.eval_batch_size is None or (isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1), f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}")
         need(self.eval_path in ("auto", "masked", "slim"), f"eval_path must be auto, masked or slim, got {self.eval_path!r}")
-        need(isinstance(self.eval_tile, int) and self.eval_tile >= 1, f"eval_tile must be >= 1, got {self.eval_tile!r}")
+        need(self.eval_tile is None or (isinstance(self.eval_tile, int) and self.eval_tile >= 1), f"eval_tile must be >= 1, got {self.eval_tile!r}")
         need(_finite(self.race_delta) and 0 < self.race_delta < 1, f"race_delta must be in (0, 1), got {self.race_delta!r}")
         need(isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
         for name in ("max_params", "max_macs", "max_latency_ms"):
@@ -175,6 +175,16 @@ class SearchConfig:
             text += "# left at their defaults: " + ", ".join(unset) + "\n"
         return text
 
+    def eval_batch(self, device_type: str) -> int:
+        """Rows per scoring pass: ``eval_batch_size``, or the device's default (measured: on a 2-core
+        CPU, 128-image passes score 1.5x faster than 500, 3x faster than 2000)."""
+        return self.eval_batch_size or (128 if device_type == "cpu" else 2000)
+
+    def tile(self, device_type: str) -> int:
+        """Candidates per forward pass: ``eval_tile``, or 1 on a CPU (tiles only add work there) and
+        8 on a GPU (one candidate's pass leaves the device idle)."""
+        return self.eval_tile or (1 if device_type == "cpu" else 8)
+
     def replace(self, **changes: Any) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
 
@@ -213,8 +223,8 @@ FIELD_HELP = {
     "image_size": "resize images to this side (cifar, imagefolder; imagenet: the crop size)",
     "candidates": "candidates to draw from the posterior and rank on the validation split",
     "top_k": "best candidates to report on the test split",
-    "eval_batch_size": "rows per forward pass when scoring (all tiles together)",
-    "eval_tile": "candidates per forward pass when scoring (exact either way)",
+    "eval_batch_size": "rows per forward pass when scoring, all tiles together (default: 128 on a CPU, where small batches stay in cache, 2000 on a GPU)",
+    "eval_tile": "candidates per forward pass of the masked super-network, exact either way (default: 1 on a CPU, where tiling is slower, 8 on a GPU)",
     "eval_path": "how candidates are scored: auto (slim networks on a CPU when they are cheaper, tiles of the masked super-network on a GPU), masked or slim",
     "race": "paired racing over the validation split: faster, may miss the exhaustive winner",
     "race_delta": "racing: a candidate is dropped when a one-sided bound at this level says it is worse than the leader",

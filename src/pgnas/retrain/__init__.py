@@ -157,8 +157,8 @@ def train(
                                      command="train", what=what)
         train_wall = time.perf_counter() - t_train
     t_test = time.perf_counter()
-    val_acc = accuracy(net, data, "val", cfg.eval_batch_size, device)
-    test_acc = accuracy(net, data, "test", cfg.eval_batch_size, device)
+    val_acc = accuracy(net, data, "val", cfg.eval_batch(device.type), device)
+    test_acc = accuracy(net, data, "test", cfg.eval_batch(device.type), device)
     test_seconds = time.perf_counter() - t_test
     t_export = time.perf_counter()
     summary: dict[str, Any] = {

@@ -551,8 +551,8 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
     # every rank scores with the network rank 0 checkpointed (under torchrun the ranks' BN statistics differ)
     broadcast_module(model, run.dist)
     scorer = CandidateScorer(
-        model, posterior, data, seed=cfg.seed, device=device, batch_size=cfg.eval_batch_size,
-        tile=cfg.eval_tile, bn_recalibrate=cfg.bn_recalibrate, train_batch_size=cfg.batch_size, dist=run.dist,
+        model, posterior, data, seed=cfg.seed, device=device, batch_size=cfg.eval_batch(device.type),
+        tile=cfg.tile(device.type), bn_recalibrate=cfg.bn_recalibrate, train_batch_size=cfg.batch_size, dist=run.dist,
         shift=cfg.logit_shift, path=cfg.eval_path,
     )
     cand_path = run_dir / "candidates.jsonl"
@@ -643,7 +643,7 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         masks = scorer.masks(rec["index"])
         with candidate_bn(model, posterior, masks, data, cfg.bn_recalibrate, cfg.batch_size, device):
             posterior.set_candidate(masks)
-            probs, labels = predict_probs(model, data, "test", cfg.eval_batch_size, device)
+            probs, labels = predict_probs(model, data, "test", cfg.eval_batch(device.type), device)
             posterior.clear_candidate()
         member_probs.append(probs)
         if len(top) < cfg.top_k:
@@ -652,8 +652,8 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
             top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()},
                         "removed_layer_names": stats["removed_layer_names"]})
     best_masks = scorer.masks(eligible[0]["index"])
-    supernet_val = accuracy(model, data, "val", cfg.eval_batch_size, device)  # the mean network (inputs x (1 - p))
-    mean_probs, _ = predict_probs(model, data, "test", cfg.eval_batch_size, device)
+    supernet_val = accuracy(model, data, "val", cfg.eval_batch(device.type), device)  # the mean network (inputs x (1 - p))
+    mean_probs, _ = predict_probs(model, data, "test", cfg.eval_batch(device.type), device)
     supernet_test = float((mean_probs.argmax(1) == labels).double().mean())
     calibration = {
         "selected": calibration_metrics(member_probs[0], labels),
