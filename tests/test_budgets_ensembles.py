@@ -87,6 +87,23 @@ def test_tempered_posterior_meets_the_expected_cost():
     assert sorted(range(len(before)), key=before.__getitem__) == sorted(range(len(after)), key=after.__getitem__)
 
 
+def test_tempered_sample_re_estimates_bn_unless_told_not_to(run, tmp_path):
+    """BN statistics were estimated under p; a tempered candidate keeps fewer channels, so pgnas
+    sample re-estimates them by default (without it, digits candidates 25 % below the posterior's
+    MACs scored at chance) and records that, so the export uses the same statistics."""
+    from pgnas.config import SearchConfig
+    from pgnas.search.pipeline import TEMPERED_BN_BATCHES, sample
+
+    budget = 0.6 * statistics.fmean(r["macs"] for r in _records(run))
+    sample(run, candidates=3, out=tmp_path / "t", max_macs=budget, progress=False)
+    cfg = SearchConfig.from_toml(tmp_path / "t" / "config.toml")
+    assert cfg.logit_shift > 0 and cfg.bn_recalibrate == TEMPERED_BN_BATCHES
+    sample(run, candidates=3, out=tmp_path / "t0", max_macs=budget, bn_recalibrate=0, progress=False)
+    assert SearchConfig.from_toml(tmp_path / "t0" / "config.toml").bn_recalibrate == 0
+    sample(run, candidates=3, out=tmp_path / "u", progress=False)  # untempered: the paper's setting stays
+    assert SearchConfig.from_toml(tmp_path / "u" / "config.toml").bn_recalibrate == 0
+
+
 def test_pareto_front_on_a_small_example():
     recs = [
         {"index": 0, "val_acc": 0.9, "params": 10, "macs": 100},

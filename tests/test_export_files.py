@@ -93,7 +93,7 @@ print("classes", m.classes)
 def test_torchscript_round_trip_with_torch_only(run, tmp_path):
     out = tmp_path / "m.torchscript.pt"
     info = export_run(run, 1, fmt="torchscript", out=out)
-    assert info["candidate"] == 1 and (tmp_path / "m.json").is_file()
+    assert info["candidate"] == 1 and (tmp_path / "m.torchscript.json").is_file()  # only a final .pt becomes .json
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     torch.save(x, tmp_path / "x.pt")
     script = (
@@ -165,9 +165,9 @@ def _one_line_error(capsys) -> str:
 
 def test_unknown_candidate_index(run, capsys):
     assert main(["export", str(run), "--candidate", "99"]) == 2
-    assert "unknown candidate index 99" in _one_line_error(capsys)
+    assert "candidate 99 was not scored" in _one_line_error(capsys)
     assert main(["export", str(run), "--candidate", "-1"]) == 2
-    assert "unknown candidate index" in _one_line_error(capsys)
+    assert "candidate index >= 0, got -1" in _one_line_error(capsys)
     assert not list(run.glob("model-candidate*"))
 
 
@@ -185,8 +185,13 @@ def test_unwritable_output_and_nothing_overwritten(run, tmp_path, capsys):
     assert "cannot write" in _one_line_error(capsys)
     before = {p: p.read_bytes() for p in (run / "model.pt", run / "model.json")}
     stamp = {p: p.stat().st_mtime_ns for p in before}
-    assert main(["export", str(run)]) == 2
+    assert main(["export", str(run)]) == 0  # the search already wrote this export: said, nothing rewritten
+    assert "already the export" in capsys.readouterr().out
+    taken = tmp_path / "taken.pt"
+    taken.write_bytes(b"keep")
+    assert main(["export", str(run), "--out", str(taken)]) == 2
     assert "already exists" in _one_line_error(capsys)
+    assert taken.read_bytes() == b"keep"
     # only the description exists: still nothing is written
     lone = tmp_path / "lone.json"
     lone.write_text("keep me")

@@ -286,8 +286,8 @@ def _config_file_settings(path: str) -> dict[str, Any]:
     import tomllib
     from pathlib import Path
 
+    cfg = SearchConfig.from_toml(path)  # first: a bad file gets its one-line error here
     names = tomllib.loads(Path(path).read_text())
-    cfg = SearchConfig.from_toml(path)
     out = {k: getattr(cfg, k) for k in names if k != "preset"}
     if "preset" in names:  # a config file may name a preset: its settings come first
         from pgnas.presets import preset_settings

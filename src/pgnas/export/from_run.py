@@ -84,6 +84,8 @@ def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig, s
         index = int(candidate)
     except (TypeError, ValueError):
         raise PgnasError(f"--candidate must be 'best' or a candidate index, got {candidate!r}") from None
+    if index < 0:
+        raise PgnasError(f"--candidate must be 'best' or a candidate index >= 0, got {index}")
     known = _scored_indices(run_dir, cfg.seed)
     if index not in known:
         span = f"0..{max(known)}" if known else "none"
