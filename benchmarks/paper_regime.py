@@ -210,8 +210,10 @@ def run_seed(base: dict, seed: int, work: Path, device) -> tuple[dict, dict]:
     rfile = work / f"random-s{seed}" / f"same-size-candidate{rwin['index']}.pt"
     if not rfile.exists():
         export_run(rd.run_dir, rwin["index"], out=rfile)
-    ft = retrain(cfg.replace(epochs=FT_EPOCHS, lr=FT_LR, out=str(work / f"random-ft-same-s{seed}")), model_file=rfile)
-    arms["random_finetuned"] = {"test_acc": ft["test_acc"], "val_acc": ft["val_acc"], "epochs": FT_EPOCHS, "lr": FT_LR, "params_slim": ft["params"]}
+    # the folder names the candidate: a reused fine-tune is always of this winner
+    ft = retrain(cfg.replace(epochs=FT_EPOCHS, lr=FT_LR, out=str(work / f"random-ft-s{seed}-c{rwin['index']}")), model_file=rfile)
+    arms["random_finetuned"] = {"test_acc": ft["test_acc"], "val_acc": ft["val_acc"], "epochs": FT_EPOCHS, "lr": FT_LR, "params_slim": ft["params"],
+                                "index": rwin["index"]}
 
     log(f"seed {seed}: plain super-network")
     plain_dir = work / f"plain-s{seed}"

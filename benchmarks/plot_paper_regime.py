@@ -30,13 +30,31 @@ def _params(seed_arm: dict) -> float | None:
     return seed_arm.get("params_slim") or seed_arm.get("params")
 
 
+def markdown(pr: dict) -> str:
+    """The per-arm, per-seed table of benchmarks/RESULTS.md."""
+    seeds = [s["seed"] for s in pr["per_seed"]]
+    head = "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | params (kept slices / slim) |"
+    rows = [head, "|---|" + "---:|" * (len(seeds) + 2)]
+    for key, label, _ in ARMS:
+        errs = [100 * (1 - s[key]["test_acc"]) for s in pr["per_seed"]]
+        ks = [s[key].get("params_kept_slices") for s in pr["per_seed"] if s[key].get("params_kept_slices")]
+        sl = [_params(s[key]) for s in pr["per_seed"] if _params(s[key])]
+        size = (f"{sum(ks) / len(ks) / 1e3:.1f}k / " if ks else "- / ") + (f"{sum(sl) / len(sl) / 1e3:.1f}k" if sl else "-")
+        rows.append(f"| {label.replace(chr(10), ' ')} | " + " | ".join(f"{e:.2f} %" for e in errs) + f" | **{sum(errs) / len(errs):.2f} %** | {size} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--out", default=str(HERE.parent / "docs" / "evidence_paper_regime.png"))
+    ap.add_argument("--markdown", action="store_true", help="print the table of test errors instead")
     args = ap.parse_args()
     res = Path(args.results)
     pr = json.loads((res / "paper_regime.json").read_text())
+    if args.markdown:
+        print(markdown(pr))
+        return
     nc = json.loads((res / "num_candidates_paper_regime.json").read_text())
     sweep_path = res / "lambda_sweep.json"
     sweep = json.loads(sweep_path.read_text()) if sweep_path.exists() else None
