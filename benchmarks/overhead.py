@@ -5,9 +5,7 @@ same data, same optimizer, CPU float32.
     python benchmarks/overhead.py [--supernet shake-shake-26-2x16d] [--batch 128] [--steps 20]
 
 Writes benchmarks/results/overhead.json with `ratio` (hybrid step / plain step) and where the
-extra time goes (mask sampling and multiplication, KL term, the rest); `ratio_unfused_mask_product`
-is the same hybrid step with the masks applied by the plain broadcast product (before the fused
-product), timed in the same interleaved rounds.
+extra time goes (mask sampling and multiplication, KL term, the rest).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import torch
 from torch.nn import functional as F
 
 import pgnas
-from pgnas.posterior import concrete_dropout as cd
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,22 +62,11 @@ def main() -> None:
     plain.train(), hybrid.train()
     sp = step_fn(plain, torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9, nesterov=True), x, y)
     sh = step_fn(hybrid, torch.optim.SGD(hybrid.parameters(), lr=0.01, momentum=0.9, nesterov=True), x, y, post)
-    # before/after of the fused masked product: the same hybrid step with the plain broadcast product
-    fused = cd.channel_mask_mul
-
-    def su():
-        cd.channel_mask_mul = lambda x, m: x * m[:, :, None, None]
-        try:
-            sh()
-        finally:
-            cd.channel_mask_mul = fused
-
-    sp(), sh(), su()  # warm-up
-    tp, th, tu = [], [], []
-    for _ in range(args.rounds):  # interleaved rounds: drift on a shared machine hits every arm
+    sp(), sh()  # warm-up
+    tp, th = [], []
+    for _ in range(args.rounds):  # interleaved rounds: drift on a shared machine hits both
         tp.append(timed(sp, args.steps))
         th.append(timed(sh, args.steps))
-        tu.append(timed(su, args.steps))
     t_plain, t_hybrid = min(tp), min(th)
 
     # where the time goes: the KL term alone (forward + backward), and the masks alone
@@ -103,7 +89,6 @@ def main() -> None:
     t_masks = min(timed(masks_only, max(3, args.steps // 4)) for _ in range(args.rounds))
     result = {
         "ratio": t_hybrid / t_plain,
-        "ratio_unfused_mask_product": min(tu) / t_plain,
         "plain_step_s": t_plain,
         "hybrid_step_s": t_hybrid,
         "kl_term_s": t_kl,
@@ -114,11 +99,11 @@ def main() -> None:
         "batch": args.batch,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "date": time.strftime("%Y-%m-%d"),
-        "rounds": {"plain": tp, "hybrid": th, "hybrid_unfused": tu},
+        "rounds": {"plain": tp, "hybrid": th},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("ratio", "ratio_unfused_mask_product", "plain_step_s", "hybrid_step_s", "kl_term_s", "masks_s", "other_s")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("ratio", "plain_step_s", "hybrid_step_s", "kl_term_s", "masks_s", "other_s")}, indent=2))
 
 
 if __name__ == "__main__":

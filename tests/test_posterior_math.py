@@ -338,29 +338,3 @@ def test_extreme_logits_stay_finite_in_masks_and_the_kl(lg):
     u = torch.tensor([[0.0, 1e-12, 1.0 - 1e-7]])  # the ends of the uniform range
     m = d.relaxed_mask(1, u=u)
     assert bool(torch.isfinite(m).all()) and bool(((m >= 0) & (m <= 1)).all())
-
-
-def test_channel_mask_product_has_the_broadcast_products_value_and_gradients():
-    """The fused masked product (training forward of 4-D inputs) equals x * m[:, :, None, None]
-    in value and in both gradients (float64 gradcheck, and against autograd of the plain form)."""
-    from pgnas.posterior.concrete_dropout import channel_mask_mul
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
-    m = torch.rand(3, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(channel_mask_mul, (x, m))
-    w = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=g)
-    fused = torch.autograd.grad((channel_mask_mul(x, m) * w).sum(), (x, m))
-    plain = torch.autograd.grad((x * m[:, :, None, None] * w).sum(), (x, m))
-    for a, b in zip(fused, plain):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    # the layer's training forward goes through it and its mask gets the same gradient
-    layer = pgnas.instrument(torch.nn.Sequential(torch.nn.Conv2d(4, 2, 3))).layers
-    drop = next(iter(layer.values())).dropout
-    drop.train()
-    xs = torch.randn(3, 4, 5, 6, generator=g)
-    torch.manual_seed(1)
-    ya = drop(xs)
-    torch.manual_seed(1)
-    yb = xs * drop.relaxed_mask(3)[:, :, None, None]
-    torch.testing.assert_close(ya, yb)
