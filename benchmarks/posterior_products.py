@@ -7,7 +7,9 @@ on the CIFAR-10 runs of the evidence benchmark (benchmarks/paper_regime.py, lear
 * ``budgets``: at 50, 35 and 25 % of the super-network's MACs, the best candidate on validation
   within the budget (slim MACs) among C draws of the posterior tempered to that expected cost
   (``pgnas``), against the best of C draws with one uniform p of the same expected MACs on the same
-  trained weights (``uniform``); test error of each winner.
+  trained weights (``uniform``); test error of each winner. Both arms re-estimate every
+  candidate's BN statistics from 8 training batches (as ``pgnas sample`` does for a tempered
+  posterior): the super-network's were estimated under the learned p.
 
     python benchmarks/posterior_products.py [--runs benchmarks/runs/paper_regime/pgnas-s0 ...] [--k 5] [--budget-candidates 100]
 Writes benchmarks/results/posterior_products.json (means over the runs, and each run).
@@ -29,7 +31,7 @@ from pgnas.export.from_run import rebuild_supernet
 from pgnas.posterior.concrete_dropout import logit
 from pgnas.search.calibration import average_probs, calibration_metrics
 from pgnas.search.pipeline import load_run_data
-from pgnas.search.select import CandidateScorer, predict_probs, rank, read_candidates, within_budget
+from pgnas.search.select import CandidateScorer, candidate_bn, predict_probs, rank, read_candidates, within_budget
 
 HERE = Path(__file__).resolve().parent
 CPU = torch.device("cpu")
@@ -42,14 +44,20 @@ def probs_of(model, post, masks, data):
     return p, y
 
 
-def budget_winner(model, post, data, seed, shift, n, max_macs):
-    sc = CandidateScorer(model, post, data, seed=seed + 1000, device=CPU, shift=shift)
+BN_BATCHES = 8  # what pgnas sample uses for a tempered posterior; both arms get it
+
+
+def budget_winner(model, post, data, seed, shift, n, max_macs, batch_size):
+    sc = CandidateScorer(model, post, data, seed=seed + 1000, device=CPU, shift=shift,
+                         bn_recalibrate=BN_BATCHES, train_batch_size=batch_size)
     recs = sc.exhaustive(range(n))
     try:
         win = within_budget(rank(recs), max_macs=max_macs)[0]
     except Exception:  # noqa: BLE001 - no draw within the budget
         return None, 0
-    p, y = probs_of(model, post, sc.masks(win["index"]), data)
+    masks = sc.masks(win["index"])
+    with candidate_bn(model, post, masks, data, BN_BATCHES, batch_size, CPU):
+        p, y = probs_of(model, post, masks, data)
     return 1 - float((p.argmax(1) == y).double().mean()), sum(r["macs"] <= max_macs for r in recs)
 
 
@@ -75,14 +83,14 @@ def one_run(run_dir: Path, k: int, n_budget: int) -> dict:
     for frac in (0.5, 0.35, 0.25):
         target = frac * costs["macs"]
         shift = post.shift_for_cost(costs, "macs", target)
-        g_err, g_ok = budget_winner(model, post, data, cfg.seed, shift, n_budget, target)
+        g_err, g_ok = budget_winner(model, post, data, cfg.seed, shift, n_budget, target, cfg.batch_size)
         # one uniform p of the same expected MACs, on the same weights
         instrumented = sum(c["macs"] for c in costs["layers"].values())
         p_u = min(0.999, max(1e-3, 1 - (target - (costs["macs"] - instrumented)) / instrumented))
         with torch.no_grad():
             for pl in post:
                 pl.dropout.logit.fill_(logit(p_u))
-        u_err, u_ok = budget_winner(model, post, data, cfg.seed, 0.0, n_budget, target)
+        u_err, u_ok = budget_winner(model, post, data, cfg.seed, 0.0, n_budget, target, cfg.batch_size)
         with torch.no_grad():
             for pl, s in zip(post, saved):
                 pl.dropout.logit.copy_(s)
@@ -121,6 +129,7 @@ def main() -> None:
             "ensemble_k": args.k,
             "budgets": budgets,
             "budget_candidates": args.budget_candidates,
+            "bn_recalibrate_batches": BN_BATCHES,
             "targets": {
                 "ensemble_ece_at_most_half": mean("ensemble_ece") <= 0.5 * mean("single_ece"),
                 "ensemble_error_1pt_lower": mean("ensemble_test_error") <= mean("single_test_error") - 0.01,
