@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should run, in one device call of at most 9 minutes:
 #   1. benchmarks/gpu_check.py     (at most 200 s)  -> OUT/gpu_check.json
-#   2. benchmarks/gpu_evidence.py  (at most 330 s)  -> OUT/gpu_evidence.json
+#   2. benchmarks/gpu_evidence.sh  (at most 330 s)  -> OUT/gpu_evidence.json (benchmarks/gpu_evidence.py)
 # each writing what it measured after every stage. On the device machine (its own python3, torch
 # with CUDA, no package index; never scripts/setup.sh), from the repository root:
 #   bash benchmarks/gpu_all.sh "$OUT"                  # CIFAR-10 for the evidence from $PGNAS_CIFAR_DIR (default .data/)
@@ -16,5 +16,5 @@ PY=${PY:-python3}
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/env.txt"
 timeout 200 $PY benchmarks/gpu_check.py --out "$OUT/gpu_check.json" $SMOKE 2>&1 | tail -n 60 > "$OUT/gpu_check.log"
 echo "gpu_check: exit ${PIPESTATUS[0]}"
-timeout 330 $PY benchmarks/gpu_evidence.py --data-dir "${PGNAS_CIFAR_DIR:-.data}" --out "$OUT/gpu_evidence.json" $SMOKE 2>&1 | tail -n 60 > "$OUT/gpu_evidence.log"
-echo "gpu_evidence: exit ${PIPESTATUS[0]}"
+PY=$PY bash benchmarks/gpu_evidence.sh "$OUT" $SMOKE
+echo "gpu_evidence: exit $?"
