@@ -116,8 +116,9 @@ def test_one_ddp_step_equals_one_step_on_the_whole_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, script, str(one)], check=True, env=env, timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, str(two)],
-                   check=True, env=env, timeout=300, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, str(two)],
+                          env=env, timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-7), (k, (a[k] - b[k]).abs().max())

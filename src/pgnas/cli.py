@@ -457,6 +457,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
+def _leave_process_group() -> None:
+    """Under torchrun, ranks leave together: one exiting while another still talks to the store
+    can fail the job after its work is done."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     from pgnas.search.signals import exit_status
     from pgnas.search.train import Stopped
@@ -467,7 +477,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        _leave_process_group()
+        return status
     except Stopped as exc:
         print(f"pgnas {args.command}: {exc}", file=sys.stderr)
         return exit_status(exc.signum)
