@@ -6,19 +6,15 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import pgnas
+from fresh_process import run_without_supernet_code
 from pgnas.export import export_run, load_model
 from pgnas.search.calibration import calibration_metrics
 from pgnas.search.select import pareto_front, within_budget
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -150,25 +146,14 @@ def test_ensemble_exports_loads_and_evaluates_in_a_fresh_process(run, tmp_path):
     assert len(info["ensemble"]) == 3
     top3 = [r["index"] for r in sorted(_records(run), key=lambda r: (-r["val_acc"], r["params"], r["index"]))[:3]]
     assert info["ensemble"] == top3
-    script = f"""
-import importlib.abc, importlib.util, sys, types
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.startswith(("pgnas.supernets", "pgnas.posterior", "pgnas.search")):
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
-pkg = types.ModuleType("pgnas"); pkg.__path__ = [{str(SRC / 'pgnas')!r}]; sys.modules["pgnas"] = pkg
-spec = importlib.util.spec_from_file_location("formats", {str(SRC / 'pgnas' / 'export' / 'formats.py')!r})
-formats = importlib.util.module_from_spec(spec); spec.loader.exec_module(formats)
-import torch
+    body = f"""
 m = formats.load_model({str(tmp_path / 'ens.pt')!r})
 x = torch.rand(5, *m.input_shape)
 p = torch.softmax(m(x), 1)
 assert torch.allclose(p.sum(1), torch.ones(5), atol=1e-5)
 print("ok", m.classes[:2])
 """
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_without_supernet_code(body)
     from pgnas.export import evaluate
 
     ev = evaluate(tmp_path / "ens.pt")

@@ -13,12 +13,10 @@ import pytest
 import torch
 
 import pgnas
+from fresh_process import run_without_supernet_code
 from pgnas.cli import main
 from pgnas.data import load_dataset
 from pgnas.export import export_run, load_model, rebuild_supernet
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -65,17 +63,7 @@ def test_round_trip_in_fresh_process_without_supernet_class(run, tmp_path):
     index = json.loads((run / "model.json").read_text())["candidate"]
     want = _reference(run, index, x)
     torch.save(x, tmp_path / "x.pt")
-    script = f"""
-import importlib.abc, importlib.util, sys, types
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.startswith(("pgnas.supernets", "pgnas.posterior", "pgnas.search")):
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
-pkg = types.ModuleType("pgnas"); pkg.__path__ = [{str(SRC / 'pgnas')!r}]; sys.modules["pgnas"] = pkg
-spec = importlib.util.spec_from_file_location("formats", {str(SRC / 'pgnas' / 'export' / 'formats.py')!r})
-formats = importlib.util.module_from_spec(spec); spec.loader.exec_module(formats)
-import torch
+    body = f"""
 raw = torch.load({str(run / 'model.pt')!r}, weights_only=True)
 assert raw["format"] == "pgnas-slim-model"
 m = formats.load_model({str(run / 'model.pt')!r})
@@ -84,8 +72,7 @@ torch.save(m.net(x), {str(tmp_path / 'y.pt')!r})
 assert not any(k.startswith("pgnas.supernets") for k in sys.modules)
 print("classes", m.classes)
 """
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_without_supernet_code(body)
     got = torch.load(tmp_path / "y.pt")
     assert _close(got, want)
 
