@@ -172,6 +172,44 @@ def _check_writable(paths: list[Path], force: bool) -> None:
             raise PgnasError(f"cannot write {p}: folder {parent} is not writable")
 
 
+def _outputs(out: Path, description_out: Path | None, fmt: str, force: bool) -> tuple[Path, Path]:
+    """The model file and its description, checked writable before anything is computed."""
+    if fmt not in FORMATS:
+        raise PgnasError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    desc_out = Path(description_out) if description_out else description_path(out)
+    _check_writable([out, desc_out], force)
+    return out, desc_out
+
+
+def _slim(model: nn.Module, masks: Mapping[str, torch.Tensor], meta: dict[str, Any], bn_statistics) -> SlimResult:
+    """The slim network of ``masks``; ``bn_statistics`` (data, batches, batch size): with the
+    candidate's BN statistics re-estimated first, as the search did when it scored it."""
+    from pgnas.search.select import candidate_bn
+
+    data, batches, batch_size = bn_statistics or (None, 0, 0)
+    device = next(model.parameters()).device
+    with candidate_bn(model, Posterior(model), masks, data, batches, batch_size, device):
+        return slim_model(model, masks, tuple(meta["input_shape"]))
+
+
+def _description_head(meta: dict[str, Any], out: Path, fmt: str) -> dict[str, Any]:
+    return {"format": DESCRIPTION_FORMAT, "version": 1, **meta, "model_file": out.name, "model_format": fmt,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__}
+
+
+def _write(out: Path, desc_out: Path, content: bytes, description: dict[str, Any]) -> None:
+    try:
+        atomic_write_bytes(out, lambda f: f.write(content))
+        atomic_write_bytes(desc_out, lambda f: f.write((json.dumps(description, indent=1) + "\n").encode()))
+    except OSError as exc:
+        raise PgnasError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _example(meta: dict[str, Any]) -> torch.Tensor:
+    return torch.randn((2, *meta["input_shape"]), generator=torch.Generator().manual_seed(0))
+
+
 def export_candidate(
     model: nn.Module,
     masks: Mapping[str, torch.Tensor],
@@ -186,38 +224,15 @@ def export_candidate(
     """Slim ``masks`` of ``model`` and write the model file ``out`` plus its JSON description.
     ``bn_statistics`` (data, batches, batch size): re-estimate the candidate's BN statistics first,
     as the search did when it scored it with ``bn_recalibrate``."""
-    if fmt not in FORMATS:
-        raise PgnasError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    out = Path(out)
-    desc_out = Path(description_out) if description_out else description_path(out)
-    _check_writable([out, desc_out], force)
-    from pgnas.search.select import candidate_bn
-
-    data, batches, batch_size = bn_statistics or (None, 0, 0)
-    device = next(model.parameters()).device
-    with candidate_bn(model, Posterior(model), masks, data, batches, batch_size, device):
-        result = slim_model(model, masks, tuple(meta["input_shape"]))
-    description = {
-        "format": DESCRIPTION_FORMAT,
-        "version": 1,
-        **meta,
-        "model_file": out.name,
-        "model_format": fmt,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "torch": torch.__version__,
-        **result.describe(),
-    }
-    example = torch.randn((2, *meta["input_shape"]), generator=torch.Generator().manual_seed(0))
-    content = model_bytes(result.model, fmt, {k: v for k, v in description.items() if k != "layers"}, example)
+    out, desc_out = _outputs(out, description_out, fmt, force)
+    result = _slim(model, masks, meta, bn_statistics)
+    description = {**_description_head(meta, out, fmt), **result.describe()}
+    content = model_bytes(result.model, fmt, {k: v for k, v in description.items() if k != "layers"}, _example(meta))
     if fmt == "pt":
         from pgnas.export.formats import graph_spec
 
         description["graph"] = graph_spec(result.model)
-    try:
-        atomic_write_bytes(out, lambda f: f.write(content))
-        atomic_write_bytes(desc_out, lambda f: f.write((json.dumps(description, indent=1) + "\n").encode()))
-    except OSError as exc:
-        raise PgnasError(f"cannot write {out}: {exc.strerror or exc}") from None
+    _write(out, desc_out, content, description)
     return result, description
 
 
@@ -235,36 +250,20 @@ def export_ensemble(
     """Slim every member (index, masks) and write one model averaging their softmax outputs (its
     output is the log of the averaged probabilities) plus its JSON description."""
     from pgnas.export.ensemble import ensemble_graph
-    from pgnas.search.select import candidate_bn
 
-    if fmt not in FORMATS:
-        raise PgnasError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    out = Path(out)
-    desc_out = Path(description_out) if description_out else description_path(out)
-    _check_writable([out, desc_out], force)
-    data, batches, batch_size = bn_statistics or (None, 0, 0)
-    device = next(model.parameters()).device
-    slims = []
-    for _, masks in members:
-        with candidate_bn(model, Posterior(model), masks, data, batches, batch_size, device):
-            slims.append(slim_model(model, masks, tuple(meta["input_shape"])))
+    out, desc_out = _outputs(out, description_out, fmt, force)
+    slims = [_slim(model, masks, meta, bn_statistics) for _, masks in members]
     gm = ensemble_graph([r.model for r in slims])
     description = {
-        "format": DESCRIPTION_FORMAT, "version": 1, **meta, "model_file": out.name, "model_format": fmt,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
+        **_description_head(meta, out, fmt),
         "input_shape": list(meta["input_shape"]),
         "ensemble": [{"candidate": i, "params": r.params, "macs": r.macs} for (i, _), r in zip(members, slims)],
         "params": sum(r.params for r in slims), "macs": sum(r.macs for r in slims),
         "supernet_params": slims[0].supernet_params, "supernet_macs": slims[0].supernet_macs,
         "output": "log of the members' averaged softmax probabilities",
     }
-    example = torch.randn((2, *meta["input_shape"]), generator=torch.Generator().manual_seed(0))
-    content = model_bytes(gm, fmt, {k: v for k, v in description.items() if k != "graph"}, example)
-    try:
-        atomic_write_bytes(out, lambda f: f.write(content))
-        atomic_write_bytes(desc_out, lambda f: f.write((json.dumps(description, indent=1) + "\n").encode()))
-    except OSError as exc:
-        raise PgnasError(f"cannot write {out}: {exc.strerror or exc}") from None
+    content = model_bytes(gm, fmt, {k: v for k, v in description.items() if k != "graph"}, _example(meta))
+    _write(out, desc_out, content, description)
     return description
 
 
