@@ -326,9 +326,17 @@ class CandidateScorer:
         (and, until it is scored, the slim network itself)."""
         if index not in self._stats:
             self._stats[index] = candidate_sizes(self.model, self.posterior, self.masks(index), self.input_shape)
-            if not (self.path != "masked" and not self.bn_recalibrate):
+            if not self._may_slim:
                 self._stats[index].pop("slim")  # the masked path will not use it
         return self._stats[index]
+
+    @property
+    def _may_slim(self) -> bool:
+        """Can any candidate be scored through its slim network here? Not with BN re-estimation
+        (it works on the masked super-network), and with ``auto`` only on a CPU."""
+        if self.path == "masked" or self.bn_recalibrate:
+            return False
+        return self.path == "slim" or self.device.type == "cpu"
 
     def _slim_net(self, index: int) -> nn.Module:
         """The candidate's slim network, used once (it is not kept: rebuilding costs milliseconds)."""
@@ -343,13 +351,10 @@ class CandidateScorer:
         """Score this candidate through its slim network? ``slim``: always; ``auto``: on a CPU when
         its slim network needs at most SLIM_BELOW of the super-network's MACs (on a GPU, tiles of
         the masked super-network use the device's width better); never with BN re-estimation."""
-        if self.path == "masked" or self.bn_recalibrate:
+        if not self._may_slim:
             return False
         if self.path == "slim":
             return True
-        if self.device.type != "cpu":
-            self.stats(index).pop("slim", None)
-            return False
         if self._supernet_macs is None:
             from pgnas.profile import count_macs
 
@@ -473,19 +478,17 @@ class CandidateScorer:
                 break
             if should_stop is not None and any(gather_objects(bool(should_stop()), self.dist)):
                 raise RaceStopped()  # the caller turns it into a stop: racing restarts on resume
-            mats = {i: torch.cat(seen_rows[i]) for i in alive}
-            counts = {i: int(mats[i].sum()) for i in alive}
+            mats = torch.stack([torch.cat(seen_rows[i]) for i in alive]).double()  # (candidates, images seen)
+            counts = dict(zip(alive, mats.sum(1).long().tolist()))
             ordered = sorted(alive, key=lambda i: (-counts[i], self.stats(i)["params"], i))
-            leader = mats[ordered[0]].double()
+            d = mats[[alive.index(i) for i in ordered]]
+            d = d - d[0]  # image by image, against the leader
             fpc = math.sqrt(max(0.0, 1 - (seen - 1) / max(1, n_all - 1)))
+            bound = d.mean(1) + z * (d.var(1, unbiased=True) / seen).sqrt() * fpc
+            dropped = (bound < 0).tolist()
             keep = []
             for rank_i, i in enumerate(ordered):
-                if rank_i < keep_min:
-                    keep.append(i)
-                    continue
-                d = mats[i].double() - leader
-                bound = float(d.mean()) + z * math.sqrt(float(d.var(unbiased=True)) / seen) * fpc
-                if bound < 0:
+                if rank_i >= keep_min and dropped[rank_i]:
                     records[i] = self.record(i, counts[i], seen)
                     self._masks.pop(i, None)
                     seen_rows.pop(i)
