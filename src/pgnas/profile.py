@@ -18,32 +18,12 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def count_macs(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device | str = "cpu") -> int:
     """MACs of one forward pass of ``model`` (in eval mode) on one input of ``input_shape``
     (without the batch dimension, e.g. (3, 32, 32))."""
-    total = [0]
-
-    def hook(module: nn.Module, inputs, output) -> None:
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        if isinstance(module, _CONV):
-            k = math.prod(module.kernel_size)
-            total[0] += out.numel() * (module.in_channels // module.groups) * k
-        elif isinstance(module, nn.Linear):
-            total[0] += out.numel() * module.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _CONV + (nn.Linear,))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1,) + tuple(input_shape), device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return int(total[0])
+    return int(sum(layer_macs(model, input_shape, device=device).values()))
 
 
-def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """MACs of each conv/linear module (by name) in one forward pass on one input, counted as
-    :func:`count_macs` counts them."""
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device | str | None = None) -> dict[str, int]:
+    """MACs of each conv/linear module (by name) in one forward pass (in eval mode) on one input;
+    ``device``: where that input goes (default: where the model's parameters are)."""
     macs: dict[str, int] = {}
     handles = []
     for name, m in model.named_modules():
@@ -55,12 +35,13 @@ def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
                 macs[name] = macs.get(name, 0) + out.numel() * cin * k
 
             handles.append(m.register_forward_hook(hook))
+    if device is None:
+        device = next(model.parameters(), torch.zeros(())).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            dev = next(model.parameters()).device
-            model(torch.zeros((1,) + tuple(input_shape), device=dev))
+            model(torch.zeros((1,) + tuple(input_shape), device=device))
     finally:
         for h in handles:
             h.remove()

@@ -44,7 +44,7 @@ from torch.nn import functional as F
 
 from pgnas.errors import PgnasError
 from pgnas.posterior.instrument import DROPOUT_NAME, Posterior, _apply_dropout
-from pgnas.profile import count_macs
+from pgnas.profile import count_macs, layer_macs
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -860,30 +860,6 @@ class _Slimmer:
 
 
 # ---------------------------------------------------------------------------------- accounting
-def _layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """MACs per conv/linear module of one forward pass on one input (same rule as pgnas.profile)."""
-    macs: dict[str, int] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, _CONV + (nn.Linear,)):
-            def hook(mod, inp, out, name=name):
-                if isinstance(mod, nn.Linear):
-                    macs[name] = macs.get(name, 0) + out.numel() * mod.in_features
-                else:
-                    macs[name] = macs.get(name, 0) + out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-            handles.append(m.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1,) + tuple(input_shape)))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
-    return macs
-
-
 def _params(m: nn.Module) -> int:
     return sum(p.numel() for n, p in m.named_parameters() if DROPOUT_NAME not in n)
 
@@ -945,7 +921,7 @@ def slim_model(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Seque
     cand_params = post.candidate_stats(s.masks)["params"]
     post.clear_candidate()
     sup_macs = count_macs(ref_model, s.input_shape)
-    slim_layer_macs = _layer_macs(slim, s.input_shape)
+    slim_layer_macs = layer_macs(slim, s.input_shape)
     slim_mods = dict(slim.named_modules())
     layers: OrderedDict[str, dict] = OrderedDict()
     removed: list[dict] = []

@@ -220,11 +220,11 @@ class Posterior:
     def layer_costs(self, input_shape: Sequence[int]) -> dict:
         """Per instrumented layer: parameters per input channel (its kernel slice) and MACs of one
         forward pass on one input, with the model's other parameters and MACs."""
-        from pgnas.profile import count_macs, layer_macs
+        from pgnas.profile import layer_macs
 
         per = layer_macs(self.model, tuple(input_shape))
         total_params = count_parameters(self.model)
-        total_macs = count_macs(self.model, tuple(input_shape))
+        total_macs = sum(per.values())
         layers = {}
         for pl in self:
             c = pl.dropout.num_channels
@@ -232,33 +232,46 @@ class Posterior:
         return {"params": total_params, "macs": total_macs, "layers": layers}
 
     @torch.no_grad()
+    def _cost_terms(self, costs: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Every input channel's drop logit with the parameters and MACs it carries (float64, CPU):
+        what :meth:`expected_cost` weighs by p'."""
+        logits, params, macs = [], [], []
+        for pl in self:
+            c, n = costs["layers"][pl.name], pl.dropout.num_channels
+            logits.append(pl.dropout.channel_logit().detach().double().cpu())
+            params.append(torch.full((n,), float(c["slice_params"]), dtype=torch.float64))
+            macs.append(torch.full((n,), float(c["macs"]) / n, dtype=torch.float64))
+        return torch.cat(logits), torch.cat(params), torch.cat(macs)
+
+    @staticmethod
+    def _expected(costs: dict, terms: tuple[Tensor, Tensor, Tensor], shift: float) -> dict[str, float]:
+        logits, params, macs = terms
+        p = torch.sigmoid(logits + shift)
+        return {"params": float(costs["params"]) - float(p @ params), "macs": float(costs["macs"]) - float(p @ macs)}
+
     def expected_cost(self, costs: dict, shift: float = 0.0) -> dict[str, float]:
         """Expected kept-slice parameters and MACs of a candidate of the posterior tempered by
         ``shift`` (p' = sigmoid(logit p + shift)): a layer keeps, in expectation, the fraction
         1 - p' of each input channel's kernel slice and of its MACs (the paper's count; the slim
         network export writes is at most this)."""
-        params, macs = float(costs["params"]), float(costs["macs"])
-        for pl in self:
-            p = torch.sigmoid(pl.dropout.channel_logit().detach().double().cpu() + shift)
-            c = costs["layers"][pl.name]
-            params -= float(p.sum()) * c["slice_params"]
-            macs -= float(p.mean()) * c["macs"]
-        return {"params": params, "macs": macs}
+        return self._expected(costs, self._cost_terms(costs), shift)
 
     def shift_for_cost(self, costs: dict, kind: str, target: float, *, tol: float = 1e-4) -> float:
         """The common logit shift delta for which the tempered posterior's expected ``kind``
         ("params" or "macs") is ``target``: bisection (the expected cost falls as delta rises). It
         moves every layer's p together on the logit scale, keeping the posterior's preferences
         between layers. A target below what dropping everything costs raises a PgnasError."""
+        terms = self._cost_terms(costs)
+        cost = lambda shift: self._expected(costs, terms, shift)[kind]  # noqa: E731
         lo, hi = -30.0, 30.0
-        if self.expected_cost(costs, hi)[kind] > target:
-            floor = self.expected_cost(costs, hi)[kind]
+        floor = cost(hi)
+        if floor > target:
             raise PgnasError(f"no tempering reaches {kind} {target:.4g}: even dropping almost every channel leaves {floor:.4g}")
-        if self.expected_cost(costs, lo)[kind] <= target:
+        if cost(lo) <= target:
             return lo
         for _ in range(200):
             mid = 0.5 * (lo + hi)
-            if self.expected_cost(costs, mid)[kind] > target:
+            if cost(mid) > target:
                 lo = mid
             else:
                 hi = mid
