@@ -144,10 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="model file (default: RUN_DIR/model.pt, or model-candidateN.pt); the JSON description goes beside it")
     e.add_argument("--force", action="store_true", help="overwrite existing output files")
     e.add_argument("--allow-unfinished", action="store_true", help="export from a run whose training has not finished")
-    for name in ("max_params", "max_macs", "max_latency_ms"):
-        f = next(f for f in dataclasses.fields(SearchConfig) if f.name == name)
-        e.add_argument("--" + name.replace("_", "-"), dest=name, type=_field_type(f), default=None, metavar=name.upper(),
-                       help=_flag_help(f).replace("select the best candidate", "export the best scored candidate").replace(" (default: none)", ""))
+    _add_config_flags(e, ("max_params", "max_macs", "max_latency_ms"))
     e.add_argument("--ensemble", type=int, default=0, metavar="K", help="one model averaging K members' softmax outputs (default: 0, a single network)")
     e.add_argument("--ensemble-from", choices=("top", "posterior"), default="top",
                    help="ensemble members: the top K candidates on validation, or K fresh posterior draws (default: top)")
@@ -286,14 +283,13 @@ def _config_file_settings(path: str) -> dict[str, Any]:
     import tomllib
     from pathlib import Path
 
-    cfg = SearchConfig.from_toml(path)  # first: a bad file gets its one-line error here
-    names = tomllib.loads(Path(path).read_text())
-    out = {k: getattr(cfg, k) for k in names if k != "preset"}
-    if "preset" in names:  # a config file may name a preset: its settings come first
+    cfg = SearchConfig.from_toml(path)  # first: a bad file gets its one-line error here (a named preset is applied)
+    named = tomllib.loads(Path(path).read_text())
+    if "preset" in named:  # the preset's settings count as named by the file
         from pgnas.presets import preset_settings
 
-        out = {**preset_settings(str(names["preset"])), **out}
-    return out
+        named = {**preset_settings(str(named.pop("preset"))), **named}
+    return {k: getattr(cfg, k) for k in named}
 
 
 def supernet_rows() -> list[dict[str, Any]]:
