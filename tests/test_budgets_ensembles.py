@@ -171,3 +171,26 @@ def test_search_summary_reports_calibration_and_the_front(run):
     assert s["calibration"]["mean_network"]["accuracy"] == pytest.approx(s["supernet_test_acc"])
     front = {r["index"] for r in s["pareto"]}
     assert s["selected"]["index"] in front  # the best on validation is never dominated
+
+
+def test_partial_race_scores_never_compete_with_whole_split_scores(run, tmp_path):
+    """A raced-out candidate's score on a prefix of the split is not comparable: budget selection
+    (and the summary's spread, through the same helper) uses only candidates scored on the whole
+    split, even when a partial score is higher."""
+    import shutil
+
+    from pgnas.search.select import fully_scored, rank
+
+    recs = [{"index": 0, "val_acc": 1.0, "val_seen": 64, "params": 1}, {"index": 1, "val_acc": 0.5, "val_seen": 288, "params": 1},
+            {"index": 2, "val_acc": 0.7, "val_seen": 288, "params": 2}]
+    assert [r["index"] for r in fully_scored(rank(recs))] == [2, 1]
+    assert [r["index"] for r in fully_scored(rank(recs), 64)] == [0]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rows = _records(copy)
+    worst = min(rows, key=lambda r: r["val_acc"])
+    worst.update(val_acc=1.0, val_seen=worst["val_seen"] // 4)  # raced out early, on a lucky prefix
+    (copy / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = export_run(copy, max_macs=1e12, out=tmp_path / "b.pt")
+    assert info["candidate"] != worst["index"]
+    assert info["candidate"] == rank([r for r in rows if r is not worst])[0]["index"]

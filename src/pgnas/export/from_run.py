@@ -341,7 +341,7 @@ def export_run(
         bn = (data, config.bn_recalibrate, config.batch_size) if config.bn_recalibrate else None
         ranked = None
         if budgeted or (ensemble and ensemble_from == "top"):
-            from pgnas.search.select import rank, within_budget
+            from pgnas.search.select import fully_scored, rank, within_budget
 
             records = list(read_candidates(run_dir / "candidates.jsonl").values())
             if not records:
@@ -349,8 +349,7 @@ def export_run(
             if any("macs" not in r for r in records):
                 raise PgnasError(f"{run_dir}'s candidates were scored by an older pgnas without slim sizes; re-score them with "
                                  f"pgnas sample {run_dir} --candidates {len(records)}")
-            full = max(r.get("val_seen", 0) for r in records)
-            ranked = rank([r for r in records if r.get("val_seen", full) == full])
+            ranked = fully_scored(rank(records))
             latency_of = None
             if max_latency_ms is not None:
                 from pgnas.export.latency import cached_latency

@@ -51,7 +51,8 @@ def pareto(runs: Sequence[RunRecord], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, r in enumerate(runs):
         color = COLORS[i % len(COLORS)]
-        full = [c for c in r.candidates if c.get("val_seen", 0) == max(x.get("val_seen", 0) for x in r.candidates)]
+        n = max((x.get("val_seen", 0) for x in r.candidates), default=0)
+        full = [c for c in r.candidates if c.get("val_seen", 0) == n]
         ax.scatter([c["macs"] / 1e6 for c in full], [100 * c["val_acc"] for c in full], s=8, alpha=0.4, color=color,
                    label=f"{r.label} candidates")
         front = sorted(r.summary.get("pareto", []), key=lambda c: c["macs"])

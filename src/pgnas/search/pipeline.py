@@ -32,7 +32,7 @@ from pgnas.search.checkpoint import (
 from pgnas.search.distributed import Dist, barrier, broadcast_module, gather_objects, init_from_env
 from pgnas.search.calibration import average_probs, calibration_metrics
 from pgnas.search.select import (
-    CandidateScorer, RaceStopped, accuracy, candidate_bn, pareto_front, predict_probs, rank, read_candidates, within_budget,
+    CandidateScorer, RaceStopped, accuracy, candidate_bn, fully_scored, pareto_front, predict_probs, rank, read_candidates, within_budget,
 )
 from pgnas.search.signals import StopRequests
 from pgnas.search.train import PosteriorTrainer, Stopped, TrainControl
@@ -637,13 +637,13 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
              f"(candidate {ranked[0]['index']})")
 
     # ---- budgets: the best candidates within every budget given (slim params/MACs, latency here)
-    full = [r for r in ranked if r.get("val_seen", scorer.n) == scorer.n]
+    full = fully_scored(ranked, scorer.n)
     latency_of = None
     if cfg.max_latency_ms:
         from pgnas.export.latency import cached_latency
 
         latency_of = cached_latency(run_dir if main else None, model, scorer.masks, scorer.input_shape, device)
-    eligible = within_budget(full or ranked, max_params=cfg.max_params, max_macs=cfg.max_macs, max_latency_ms=cfg.max_latency_ms,
+    eligible = within_budget(full, max_params=cfg.max_params, max_macs=cfg.max_macs, max_latency_ms=cfg.max_latency_ms,
                              latency_of=latency_of, need=max(cfg.top_k, ENSEMBLE_K))
 
     # ---- report the selected candidates on the test split (reporting only, never selecting),
@@ -673,7 +673,7 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
     }
     timings["test"] = time.perf_counter() - t_test
     # the spread of the candidates scored on the whole split (raced-out partial scores are not comparable)
-    vals = [r["val_acc"] for r in records if r.get("val_seen", scorer.n) == scorer.n]
+    vals = [r["val_acc"] for r in fully_scored(records, scorer.n)]
     mean_val = sum(vals) / len(vals)
     summary = {
         "selected": top[0],
@@ -689,7 +689,7 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         "budget": {k: getattr(cfg, k) for k in ("max_params", "max_macs", "max_latency_ms") if getattr(cfg, k)},
         "within_budget": len(eligible) if not cfg.max_latency_ms else None,
         "pareto": [{k: r.get(k) for k in ("index", "val_acc", "params", "macs", "latency_ms") if k in r}
-                   for r in pareto_front(full or ranked)],
+                   for r in pareto_front(full)],
         "calibration": {k: {m: v[m] for m in ("accuracy", "nll", "ece", "reliability")} for k, v in calibration.items()},
         "candidate_val_acc": {
             "candidates": len(vals),

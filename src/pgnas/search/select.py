@@ -230,6 +230,14 @@ def rank(records: Iterable[dict]) -> list[dict]:
     return sorted(records, key=lambda r: (-r.get("val_seen", 0), -r["val_acc"], r["params"], r["index"]))
 
 
+def fully_scored(ranked: Sequence[dict], n: int | None = None) -> list[dict]:
+    """The records of ``ranked`` scored on the whole validation split of ``n`` images (default:
+    the most any record has seen), in their order: raced-out partial scores are not comparable.
+    All of them if none is."""
+    n = max((r.get("val_seen", 0) for r in ranked), default=0) if n is None else n
+    return [r for r in ranked if r.get("val_seen", n) == n] or list(ranked)
+
+
 # ---------------------------------------------------------------------------------- budgets and the front
 def _fmt_count(x: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
