@@ -139,6 +139,13 @@ def test_mistyped_names_get_the_closest_suggested(tmp_path, capsys):
     (tmp_path / "c.toml").write_text("epoch = 3\n")
     assert main(["search", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "b")]) == 2
     assert "epoch (did you mean epochs?)" in _err(capsys)
+    assert main(["search", "--dataset", "cifar1O", "--out", str(tmp_path / "c")]) == 2
+    assert "did you mean cifar10?" in _err(capsys)
+    assert main(["search", "--preset", "cifar10-smal", "--out", str(tmp_path / "d")]) == 2
+    assert "did you mean cifar10-small?" in _err(capsys)
+    with pytest.raises(SystemExit):
+        main(["serach"])
+    assert "did you mean search?" in capsys.readouterr().err
 
 
 def test_a_config_file_may_name_a_preset(tmp_path):

@@ -18,7 +18,7 @@ from pgnas.errors import PgnasError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, with the closest flag or command for a typo
-        import difflib
+        from pgnas.errors import closest, did_you_mean
 
         if message.startswith("unrecognized arguments:"):
             parsers = [self] + [p for a in self._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
@@ -26,9 +26,9 @@ class _Parser(argparse.ArgumentParser):
             hints = []
             for word in message.split(":", 1)[1].split():
                 if word.startswith("--"):
-                    match = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+                    match = closest(word.split("=")[0], flags)
                     if match:
-                        hints.append(f"{word} -> {match[0]}?")
+                        hints.append(f"{word} -> {match}?")
             if hints:
                 message += " (did you mean " + ", ".join(hints) + ")"
         elif "invalid choice" in message:
@@ -37,9 +37,7 @@ class _Parser(argparse.ArgumentParser):
             m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
             if m:
                 options = [o.strip(" '") for o in m.group(2).split(",")]
-                match = difflib.get_close_matches(m.group(1), options, n=1)
-                if match:
-                    message += f" (did you mean {match[0]}?)"
+                message += did_you_mean(m.group(1), options)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -7,14 +7,13 @@ be repeated (``pgnas search --config RUN/config.toml``) or resumed exactly.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pgnas.errors import PgnasError
+from pgnas.errors import PgnasError, did_you_mean
 
 DEFAULT_SUPERNET = "shake-shake-14-2x16d"
 DEFAULT_DATASET = "digits"
@@ -148,7 +147,7 @@ class SearchConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, n=1)) else u for u in unknown]
+            hints = [u + did_you_mean(u, known) for u in unknown]
             raise PgnasError(f"{source}: unknown setting(s) {', '.join(hints)}")
         kwargs = {}
         for key, value in data.items():

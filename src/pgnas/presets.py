@@ -77,10 +77,9 @@ def list_presets() -> list[str]:
 def preset_settings(name: str) -> dict[str, Any]:
     """The settings of preset ``name`` as a dict of SearchConfig fields."""
     if name not in PRESETS:
-        import difflib
+        from pgnas.errors import did_you_mean
 
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        raise PgnasError(f"unknown preset {name!r}{f' (did you mean {close[0]}?)' if close else ''}; known: {', '.join(PRESETS)}")
+        raise PgnasError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; known: {', '.join(PRESETS)}")
     return dict(PRESETS[name])
 
 

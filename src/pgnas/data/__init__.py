@@ -61,10 +61,9 @@ def load_dataset(
 
         return load_imagenet(data_dir, val_size=val_size, split_seed=split_seed, augment=augment, image_size=image_size,
                              skip_bad=skip_bad, workers=workers)
-    import difflib
+    from pgnas.errors import did_you_mean
 
-    close = difflib.get_close_matches(name, DATASETS, n=1)
-    raise PgnasError(f"unknown dataset {name!r}{f' (did you mean {close[0]}?)' if close else ''}; known: {', '.join(DATASETS)}")
+    raise PgnasError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
 
 
 def describe_dataset(name: str, **kwargs) -> dict:

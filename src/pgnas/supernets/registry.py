@@ -72,12 +72,10 @@ def get_supernet(name: str) -> SupernetSpec:
             return make(m)
     if ":" in name:
         return _from_import_path(name)
-    import difflib
+    from pgnas.errors import did_you_mean
 
     names = [s.name for s in list_supernets()]
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise PgnasError(f"unknown super-network {name!r}{hint}; known: {', '.join(names)}, shake-shake-<6n+2>-2x<w>d, or a module:function factory")
+    raise PgnasError(f"unknown super-network {name!r}{did_you_mean(name, names)}; known: {', '.join(names)}, shake-shake-<6n+2>-2x<w>d, or a module:function factory")
 
 
 def auto_groups(model: nn.Module) -> Mapping[str, Sequence[int]]:
