@@ -66,12 +66,7 @@ def _network(cfg: SearchConfig, data, model_file: str | Path | None, reinit: boo
 
     spec = get_supernet(cfg.supernet)
     torch.manual_seed(cfg.seed)
-    try:
-        net = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
-    except PgnasError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise PgnasError(f"super-network {cfg.supernet!r} cannot be built ({type(exc).__name__}: {exc})") from None
+    net = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
     return net, cfg.supernet, spec.aux_weight, spec
 
 

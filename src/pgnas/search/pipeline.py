@@ -195,12 +195,7 @@ def build_run(cfg: SearchConfig) -> Run:
     )
     torch.manual_seed(cfg.seed)
     shape = f"{data.in_channels}x{data.image_size[0]}x{data.image_size[1]}"
-    try:
-        model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
-    except PgnasError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a user's or a pattern's factory may raise anything
-        raise PgnasError(f"super-network {cfg.supernet!r} cannot be built ({type(exc).__name__}: {_first_line(exc)})") from None
+    model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
     posterior = instrument(
         model,
         groups=spec.groups(model) if spec.groups else None,

@@ -39,7 +39,16 @@ class SupernetSpec:
     listed: bool = True
 
     def build(self, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-        return self.factory(num_classes=num_classes, in_channels=in_channels)
+        """The network; a factory that fails (a user's, or a pattern's invalid depth) is a
+        one-line PgnasError naming the super-network."""
+        try:
+            return self.factory(num_classes=num_classes, in_channels=in_channels)
+        except PgnasError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's factory may raise anything
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise PgnasError(f"super-network {self.name!r} cannot be built ({type(exc).__name__}: {first})") from None
 
 
 _REGISTRY: dict[str, SupernetSpec] = {}
