@@ -53,10 +53,14 @@ def test_budgets_are_never_exceeded(run, tmp_path):
 
 
 def test_latency_budget_by_its_measurement(run, tmp_path):
+    from pgnas.export.from_run import rebuild_supernet
+    from pgnas.export.latency import network_key
+
     info = export_run(run, max_latency_ms=1e6, out=tmp_path / "l.pt")
     measured = json.loads((run / "latency.json").read_text())
     times = next(iter(measured.values()))
-    assert times[str(info["candidate"])] <= 1e6
+    cfg, model, post, meta = rebuild_supernet(run)
+    assert times[network_key(model, post.sample_candidate(info["candidate"], cfg.seed), meta["input_shape"])] <= 1e6
     with pytest.raises(pgnas.PgnasError, match="the fastest measured took"):
         export_run(run, max_latency_ms=1e-9, out=tmp_path / "l2.pt")
 
@@ -88,7 +92,8 @@ def test_tempered_sample_re_estimates_bn_unless_told_not_to(run, tmp_path):
     sample re-estimates them by default (without it, digits candidates 25 % below the posterior's
     MACs scored at chance) and records that, so the export uses the same statistics."""
     from pgnas.config import SearchConfig
-    from pgnas.search.pipeline import TEMPERED_BN_BATCHES, sample
+    from pgnas.search.pipeline import sample
+    from pgnas.search.tempering import BN_BATCHES as TEMPERED_BN_BATCHES
 
     budget = 0.6 * statistics.fmean(r["macs"] for r in _records(run))
     sample(run, candidates=3, out=tmp_path / "t", max_macs=budget, progress=False)

@@ -350,3 +350,62 @@ def test_every_builtin_supernet_full_size(name):
     model = spec.build()
     post = pgnas.instrument(model, groups=spec.groups(model) if spec.groups else None, exclude=spec.exclude(model) if spec.exclude else ())
     _check_equal(model, post, post.sample_candidate(0), (3, spec.input_size, spec.input_size), batch=1)
+
+
+def _pruning_masks(post, seed: int, dead_share: float = 0.3, keep: float = 0.6) -> "OrderedDict[str, torch.Tensor]":
+    """The regime PGNAS is for: a share of the layers lose every input channel (their operations are
+    removed), the others keep a random subset."""
+    g = torch.Generator().manual_seed(seed)
+    masks = OrderedDict()
+    for name, pl in post.layers.items():
+        if float(torch.rand((), generator=g)) < dead_share:
+            masks[name] = torch.zeros(pl.dropout.num_channels, dtype=torch.bool)
+        else:
+            masks[name] = torch.rand(pl.dropout.num_channels, generator=g) < keep
+    return masks
+
+
+def _instrumented(name: str, seed: int = 0):
+    from pgnas.supernets import get_supernet
+
+    spec = get_supernet(name)
+    torch.manual_seed(seed)
+    model = spec.build(num_classes=10, in_channels=3)
+    _randomise_bn(model, seed)
+    post = pgnas.instrument(model, groups=spec.groups(model) if spec.groups else None,
+                            exclude=spec.exclude(model) if spec.exclude else ())
+    return model, post
+
+
+@pytest.mark.parametrize("name", ["shake-shake-8-2x16d", "enas-micro-f8", "inflated-resnet50-w8", "densenet121-g8"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_family_slims_exactly_with_removed_operations(name, seed):
+    """Issue 20.1: ENAS and inflated ResNet-50 candidates whose operations lost every input could
+    not be slimmed (fx could not trace the removed op's zeros; a constant map had nothing to size
+    it), and the search was lost after training."""
+    model, post = _instrumented(name)
+    masks = _pruning_masks(post, seed)
+    res = _check_equal(model, post, masks, (3, 32, 32), batch=2)
+    assert res.removed_ops, "the masks remove operations"
+    assert res.params < res.supernet_params
+
+
+@pytest.mark.parametrize("dead", [("stem",), ("layers.0.base.conv",), ("layers.6.pool_x.conv1",),
+                                  ("layers.6.pool_x.conv1", "layers.6.pool_x.conv2")])
+def test_enas_whole_units_removed(dead):
+    """ENAS units whose zeros stand for a removed op: calibration/base ReLU-conv-BN and a
+    factorized reduction with one or both convs gone."""
+    model, post = _instrumented("enas-micro-f8")
+    masks = _random_masks(post, 0.7, 3)
+    for name in dead:
+        masks[name][:] = False
+    _check_equal(model, post, masks, (3, 32, 32), batch=2)
+
+
+def test_resnet_bottleneck_with_every_branch_removed():
+    model, post = _instrumented("inflated-resnet50-w8")
+    masks = _random_masks(post, 0.7, 4)
+    for b in range(4):
+        masks[f"stages.0.0.conv2.branches.{b}.conv"][:] = False
+    masks["stages.1.0.conv1"][:] = False  # a bottleneck whose first conv lost every input: constant maps
+    _check_equal(model, post, masks, (3, 32, 32), batch=2)

@@ -249,8 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         res = train(SearchConfig(out=args.out, **{k: v for k, v in flags.items() if k in ("device", "checkpoint_minutes", "data_cache")}),
                     resume=True, progress=not args.quiet)
     else:
-        res = train(SearchConfig.from_dict(flags), model_file=args.model_file, reinit=args.reinit, force=args.force,
-                    progress=not args.quiet)
+        res = train(flags, model_file=args.model_file, reinit=args.reinit, force=args.force, progress=not args.quiet)
     if _rank() == 0:
         s = res.summary
         print(f"pgnas train: {s['network']} on {s['dataset']}, {s['epochs']} epochs: val {100 * s['val_acc']:.2f}%, "

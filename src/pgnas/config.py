@@ -61,7 +61,7 @@ class SearchConfig:
     eval_path: str = "auto"  # "auto", "masked" (tiled super-network) or "slim" (each candidate's slim network)
     race: bool = False  # paired racing over the validation split (faster, may miss the winner)
     race_delta: float = 0.05  # racing: error level of the confidence bound that drops a candidate
-    bn_recalibrate: int = 0  # training batches to re-estimate BN per candidate; 0: off (the paper)
+    bn_recalibrate: int | None = None  # training batches to re-estimate BN per candidate; 0: off (the paper); None: 0, or 8 for a tempered posterior
     max_params: float | None = None  # select the best candidate whose slim network has at most this many parameters
     max_macs: float | None = None  # ... at most this many MACs (one input)
     max_latency_ms: float | None = None  # ... a batch-1 latency at most this on the current device
@@ -88,7 +88,7 @@ class SearchConfig:
         need(self.eval_path in ("auto", "masked", "slim"), f"eval_path must be auto, masked or slim, got {self.eval_path!r}")
         need(self.eval_tile is None or (isinstance(self.eval_tile, int) and self.eval_tile >= 1), f"eval_tile must be >= 1, got {self.eval_tile!r}")
         need(_finite(self.race_delta) and 0 < self.race_delta < 1, f"race_delta must be in (0, 1), got {self.race_delta!r}")
-        need(isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0, f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
+        need(self.bn_recalibrate is None or (isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0), f"bn_recalibrate must be >= 0, got {self.bn_recalibrate!r}")
         for name in ("max_params", "max_macs", "max_latency_ms"):
             v = getattr(self, name)
             need(v is None or (_finite(v) and v > 0), f"{name} must be > 0, got {v!r}")
@@ -227,7 +227,7 @@ FIELD_HELP = {
     "eval_path": "how candidates are scored: auto (slim networks on a CPU when they are cheaper, tiles of the masked super-network on a GPU), masked or slim",
     "race": "paired racing over the validation split: faster, may miss the exhaustive winner",
     "race_delta": "racing: a candidate is dropped when a one-sided bound at this level says it is worse than the leader",
-    "bn_recalibrate": "training batches to re-estimate each candidate's BN statistics; 0: off, as in the paper",
+    "bn_recalibrate": "training batches to re-estimate each candidate's BN statistics; 0: off, as in the paper (default: 0, or 8 for a tempered posterior)",
     "max_params": "select the best candidate whose slim network has at most this many parameters (e.g. 2.5M)",
     "max_macs": "select the best candidate whose slim network needs at most this many MACs per input (e.g. 20M)",
     "max_latency_ms": "select the best candidate whose slim network runs one input in at most this many ms here (median)",

@@ -35,7 +35,7 @@ def load_dataset(
 
     ``data_cache``: the decoded-data cache folder (default ``$PGNAS_CACHE`` or ``~/.cache/pgnas``);
     ``skip_bad``: skip (and count) unreadable or odd-sized images instead of stopping;
-    ``image_size``: resize an ImageFolder set's images to this size (the crop size for imagenet);
+    ``image_size``: resize the images to this size (the crop size for imagenet);
     ``workers``: decoding processes (default: the CPU count, at most 8).
     Returns a :class:`TensorSplits` (an ``ImageNetStream`` for ``imagenet``, same interface)."""
     if val_size is not None and isinstance(val_size, float) and val_size >= 1 and val_size.is_integer():
@@ -43,7 +43,7 @@ def load_dataset(
     if name == "digits":
         from pgnas.data.digits import load_digits
 
-        return load_digits(val_size=val_size, split_seed=split_seed, augment=augment)
+        return load_digits(val_size=val_size, split_seed=split_seed, augment=augment, image_size=image_size)
     if name in ("cifar10", "cifar100"):
         from pgnas.data.cifar import load_cifar
 

@@ -11,19 +11,23 @@ import torch
 
 from pgnas.data.augment import AugmentSpec
 from pgnas.data.splits import stratified_split
-from pgnas.data.tensor_data import TensorSplits, split_train_val
+from pgnas.data.tensor_data import TensorSplits, resize_uint8, split_train_val
 
 TEST_FRACTION = 0.2
 DEFAULT_VAL = 0.2  # of the training part (287 images: enough to rank candidates)
 DEFAULT_AUGMENT = AugmentSpec(crop_pad=1, flip=False, cutout=0)  # digits must not be mirrored
 
 
-def load_digits(val_size: float | int | None = None, split_seed: int = 0, augment: AugmentSpec | None = None) -> TensorSplits:
+def load_digits(val_size: float | int | None = None, split_seed: int = 0, augment: AugmentSpec | None = None,
+                image_size: int | tuple[int, int] | None = None) -> TensorSplits:
+    """The digits with their fixed test split; ``image_size`` resizes the 8x8 images (bilinear)."""
     from sklearn.datasets import load_digits as _load
 
     bunch = _load()
     images = torch.from_numpy(bunch.images).float()  # values 0..16
     x = (images * (255.0 / 16.0)).round().clamp(0, 255).to(torch.uint8)[:, None]
+    if image_size is not None:
+        x = resize_uint8(x, (image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
     y = torch.from_numpy(bunch.target).long()
     rest, test = stratified_split(y, TEST_FRACTION, seed=0)
     return split_train_val(

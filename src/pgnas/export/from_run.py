@@ -53,22 +53,33 @@ def weights_run(run_dir: Path) -> Path:
         raise PgnasError(f"{src} is corrupt (no source_run)") from None
 
 
-def _scored_indices(run_dir: Path, seed: int) -> set[int]:
-    """Candidates scored in ``run_dir`` and in the samples of it drawn with the same seed (candidate
-    i of a seed is the same network wherever it was scored)."""
-    found = set(read_candidates(run_dir / "candidates.jsonl"))
+def _scored_in(run_dir: Path, cfg: SearchConfig, index: int) -> list[tuple[Path, SearchConfig]]:
+    """The folders that scored candidate ``index`` of ``cfg.seed``: ``run_dir`` itself and its
+    ``pgnas sample`` folders of the same seed, each with its configuration (its tempering and BN
+    re-estimation decide which network the index is)."""
+    found = [(run_dir, cfg)] if index in read_candidates(run_dir / "candidates.jsonl") else []
     for sub in sorted(run_dir.glob("*/candidates.jsonl")):
         try:
-            if SearchConfig.from_toml(sub.parent / "config.toml").seed == seed:
-                found |= set(read_candidates(sub))
+            sub_cfg = SearchConfig.from_toml(sub.parent / "config.toml")
         except PgnasError:
             continue
+        if sub_cfg.seed == cfg.seed and index in read_candidates(sub):
+            found.append((sub.parent, sub_cfg))
     return found
 
 
-def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig, selected: bool | None = None) -> tuple[int, bool]:
+def _scoring_of(cfg: SearchConfig) -> tuple:
+    """What, besides the index and seed, decides a scored candidate's network."""
+    return (cfg.logit_shift, cfg.bn_recalibrate or 0, cfg.batch_size if cfg.bn_recalibrate else None)
+
+
+def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig,
+                       selected: bool | None = None) -> tuple[int, bool, SearchConfig]:
+    """The candidate index to export, whether it is the folder's selected one, and the configuration
+    it was scored under (a tempered sample's shift and BN re-estimation rebuild that network, not the
+    untempered one of the same index)."""
     if selected and isinstance(candidate, int):
-        return candidate, True
+        return candidate, True, cfg
     summary_path = run_dir / "summary.json"
     best = None
     if summary_path.is_file():
@@ -79,19 +90,24 @@ def _resolve_candidate(run_dir: Path, candidate: str | int, cfg: SearchConfig, s
     if candidate in (None, "best"):
         if best is None:
             raise PgnasError(f"{run_dir} has no summary.json (the search did not finish); pass --candidate INDEX")
-        return best, True
+        return best, True, cfg
     try:
         index = int(candidate)
     except (TypeError, ValueError):
         raise PgnasError(f"--candidate must be 'best' or a candidate index, got {candidate!r}") from None
     if index < 0:
         raise PgnasError(f"--candidate must be 'best' or a candidate index >= 0, got {index}")
-    known = _scored_indices(run_dir, cfg.seed)
-    if index not in known:
+    where = _scored_in(run_dir, cfg, index)
+    if not where:
+        known = set(read_candidates(run_dir / "candidates.jsonl"))
         span = f"0..{max(known)}" if known else "none"
         raise PgnasError(f"candidate {index} was not scored in {run_dir} (scored: {span}); score it first with "
                          f"pgnas sample {run_dir} --candidates {index + 1}, then export it from there")
-    return index, index == best
+    if where[0][0] != run_dir and len({_scoring_of(c) for _, c in where}) > 1:
+        folders = ", ".join(f"{d} (logit shift {c.logit_shift:.3g})" for d, c in where)
+        raise PgnasError(f"candidate {index} is a different network in each folder that scored it ({folders}); "
+                         f"export it from the one you mean: pgnas export FOLDER --candidate {index}")
+    return index, index == best and where[0][0] == run_dir, where[0][1]
 
 
 def run_config(run_dir: Path, state: dict | None = None) -> SearchConfig:
@@ -149,9 +165,12 @@ def rebuild_supernet(run_dir: Path, data=None) -> tuple[SearchConfig, nn.Module,
 
 
 def data_meta(cfg: SearchConfig, data) -> dict[str, Any]:
-    """Class names, normalisation and input shape of the run's data set."""
+    """Class names, normalisation and input shape of the run's data set, and where it came from
+    (so ``pgnas evaluate`` and ``pgnas train MODEL`` find it without being told)."""
     return {
         "dataset": cfg.dataset,
+        "data_dir": str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None,
+        "image_size": cfg.image_size,
         "classes": list(data.classes),
         "mean": [float(v) for v in data.mean],
         "std": [float(v) for v in data.std],
@@ -304,7 +323,7 @@ def export_run(
     """
     budgets = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
     budgeted = any(v is not None for v in budgets.values())
-    index = None
+    index, scored_cfg = None, None
     try:
         run_dir = Path(run_dir)
         if ensemble_from not in ("top", "posterior"):
@@ -324,7 +343,7 @@ def export_run(
                 raise PgnasError(f"{source}: training stopped after epoch {state.get('epoch')} of {trained}; finish it with "
                                  f"pgnas search --out {source} --resume, or pass --allow-unfinished to export these weights")
             if not budgeted and not ensemble:
-                index, selected = _resolve_candidate(run_dir, candidate, config, selected)
+                index, selected, scored_cfg = _resolve_candidate(run_dir, candidate, config, selected)
                 if out is None and selected and not force:
                     done = _existing_export(run_dir, index, fmt)
                     if done is not None:
@@ -337,8 +356,11 @@ def export_run(
         else:
             dmeta = data_meta(config, data)
         posterior = posterior or Posterior(model)
-        draw = lambda i: posterior.sample_candidate(i, config.seed, config.logit_shift)  # noqa: E731
-        bn = (data, config.bn_recalibrate, config.batch_size) if config.bn_recalibrate else None
+        if index is None and not budgeted and not ensemble:
+            index, selected, scored_cfg = _resolve_candidate(run_dir, candidate, config, selected)
+        scored_cfg = scored_cfg or config  # a candidate scored in a sample folder: that folder's tempering and BN
+        draw = lambda i: posterior.sample_candidate(i, scored_cfg.seed, scored_cfg.logit_shift)  # noqa: E731
+        bn = (data, scored_cfg.bn_recalibrate, scored_cfg.batch_size) if scored_cfg.bn_recalibrate else None
         ranked = None
         if budgeted or (ensemble and ensemble_from == "top"):
             from pgnas.search.select import fully_scored, rank, within_budget
@@ -370,9 +392,9 @@ def export_run(
                     "supernet_macs": desc["supernet_macs"]}
         if ranked is not None:
             index, selected = ranked[0]["index"], False
-        elif index is None:
-            index, selected = _resolve_candidate(run_dir, candidate, config, selected)
-        meta = {"supernet": config.supernet, "run": str(run_dir), "candidate": index, "selected": selected, **dmeta}
+        meta = {"supernet": config.supernet, "run": str(run_dir), "candidate": index, "selected": selected,
+                **({"logit_shift": scored_cfg.logit_shift} if scored_cfg.logit_shift else {}),
+                **({"bn_recalibrate": scored_cfg.bn_recalibrate} if scored_cfg.bn_recalibrate else {}), **dmeta}
         if budgeted:
             meta["budget"] = {k: v for k, v in budgets.items() if v is not None}
         if out is None:

@@ -3,6 +3,7 @@ is measured with. Median of repeated runs after warm-up; cached in the run folde
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import time
@@ -41,27 +42,45 @@ def device_name(device: torch.device) -> str:
     return f"cpu {platform.machine()} {torch.get_num_threads()} threads"
 
 
+def network_key(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int]) -> str:
+    """What determines a candidate's slim network, as a short digest: the super-network (its class,
+    layer names and sizes) and the candidate's masks, at the input shape. Two candidates with the
+    same key are the same network whatever run, seed or tempering drew them."""
+    h = hashlib.sha256(f"{type(model).__name__}:{sum(p.numel() for p in model.parameters())}:{tuple(input_shape)}".encode())
+    for name in sorted(masks):
+        m = torch.as_tensor(masks[name]).reshape(-1).to("cpu", torch.bool)
+        h.update(f"|{name}:{m.numel()}:".encode())
+        h.update(bytes(m.to(torch.uint8).tolist()))
+    return h.hexdigest()[:20]
+
+
 def cached_latency(run_dir: Path | None, model: nn.Module, masks_of: Callable[[int], Mapping[str, Tensor]],
                    input_shape: Sequence[int], device: torch.device) -> Callable[[int], float]:
-    """``latency_of(index)``: measured once per candidate and device, kept in ``latency.json``."""
+    """``latency_of(index)``: measured once per network and device, kept in ``latency.json`` keyed by
+    the device and :func:`network_key` (never by the index alone: another seed, tempering or
+    super-network draws other networks under the same indices)."""
     path = Path(run_dir) / "latency.json" if run_dir is not None else None
-    key = device_name(device)
     cache: dict = {}
     if path is not None and path.is_file():
         try:
             cache = json.loads(path.read_text())
         except ValueError:
             cache = {}
-    mine = cache.setdefault(key, {})
+    mine = cache.setdefault(device_name(device), {})
+    known: dict[int, float] = {}
 
     def latency_of(index: int) -> float:
-        if str(index) not in mine:
-            slim = slim_model(model, masks_of(index), input_shape, check=False).model
-            mine[str(index)] = latency_ms(slim, input_shape, device)
-            if path is not None:
-                from pgnas.search.checkpoint import atomic_write_text
+        if index not in known:
+            masks = masks_of(index)
+            key = network_key(model, masks, input_shape)
+            if key not in mine:
+                slim = slim_model(model, masks, input_shape, check=False).model
+                mine[key] = latency_ms(slim, input_shape, device)
+                if path is not None:
+                    from pgnas.search.checkpoint import atomic_write_text
 
-                atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
-        return mine[str(index)]
+                    atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
+            known[index] = mine[key]
+        return known[index]
 
     return latency_of

@@ -60,11 +60,14 @@ def evaluate(model: ExportedModel | str | Path, dataset: str | None = None, *, d
 
     if not isinstance(model, ExportedModel):
         model = load_model(model)
+    own = dataset in (None, model.meta.get("dataset"))
     dataset = dataset or model.meta.get("dataset")
     if not dataset:
         raise PgnasError("the model file does not record its data set: pass --dataset")
+    if own:  # where the model's data came from, as its file records it
+        data_dir = data_dir or model.meta.get("data_dir")
     size = tuple(model.input_shape[1:])
-    data = load_dataset(dataset, data_dir=data_dir, image_size=size if dataset not in ("digits",) else None)
+    data = load_dataset(dataset, data_dir=data_dir, image_size=size)
     x_all, y_all = data.test_x, data.test_y
     if tuple(x_all.shape[1:]) != model.input_shape:
         raise PgnasError(f"data set {dataset!r} has images of shape {tuple(x_all.shape[1:])}, the model reads {model.input_shape}")

@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from pgnas.errors import PgnasError
 from pgnas.posterior.instrument import DROPOUT_NAME, Posterior, _apply_dropout
+from pgnas.posterior.removal import zeros_like_output
 from pgnas.profile import count_macs, layer_macs
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -133,7 +134,8 @@ class _Tracer(fx.Tracer):
     """Records the module being traced so an untraceable model gets an error naming the layer."""
 
     def __init__(self) -> None:
-        super().__init__()
+        # a removed operation's zeros are one leaf node (its output is known: 0 on every channel)
+        super().__init__(autowrap_functions=(zeros_like_output,))
         self.path: list[str] = []
 
     def call_module(self, m, forward, args, kwargs):
@@ -360,6 +362,8 @@ class _Slimmer:
             raise _fail(n, f"module type {type(m).__name__} is not supported by the slimmer")
         if n.op == "call_function":
             t = n.target
+            if t is zeros_like_output:
+                return "zeros"
             if t in _CHANWISE_FUNCTIONS:
                 if t is F.pad:
                     pad = _arg(n, 1, "pad")
@@ -513,6 +517,8 @@ class _Slimmer:
                 self.cval[n] = self._forward_binary(n)
             elif k == "cat":
                 self.cval[n] = torch.cat([self.cval[a] for a in n.args[0]])
+            elif k == "zeros":
+                self.cval[n] = torch.zeros(C, dtype=torch.float64)
             elif k == "flatten":
                 x = n.args[0]
                 S = math.prod(self.shapes[x][2:])
@@ -681,7 +687,14 @@ class _Slimmer:
             todo.extend(a for a in w.all_input_nodes if a in self.shapes)
         if flat_ok is not None:
             return self.g.call_function(torch.flatten, (self.env[flat_ok], 1))
-        raise _fail(u, "its output is a constant map and no computed tensor of the same shape is left to size it")
+        # nothing computed of that shape is left (e.g. every operation before it was removed): one
+        # channel of the network input, its values unused, spread to the shape u had when traced
+        x = next(self.env[n] for n in self.nodes if n.op == "placeholder")
+        one = self.g.call_function(operator.getitem, (self.g.call_function(torch.flatten, (x, 1)), (slice(None), slice(0, 1))))
+        if len(want) == 2:
+            return one
+        one = self.g.call_method("reshape", (one, (-1, 1) + (1,) * (len(want) - 2)))
+        return self.g.call_method("expand", (one, (-1, 1) + tuple(want[2:])))
 
     def _const_map(self, u: fx.Node, values: Tensor) -> fx.Node:
         ref = self._ref_for(u)

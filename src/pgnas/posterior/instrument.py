@@ -12,6 +12,7 @@ term of the objective, and candidate (hard-mask) mode.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -263,7 +264,7 @@ class Posterior:
         between layers. A target below what dropping everything costs raises a PgnasError."""
         terms = self._cost_terms(costs)
         cost = lambda shift: self._expected(costs, terms, shift)[kind]  # noqa: E731
-        lo, hi = -30.0, 30.0
+        lo, hi = -self.max_shift(), self.max_shift()
         floor = cost(hi)
         if floor > target:
             raise PgnasError(f"no tempering reaches {kind} {target:.4g}: even dropping almost every channel leaves {floor:.4g}")
@@ -278,6 +279,30 @@ class Posterior:
             if hi - lo < tol:
                 break
         return 0.5 * (lo + hi)
+
+    @torch.no_grad()
+    def max_shift(self) -> float:
+        """A logit shift that takes every p of this posterior to within 1e-13 of 0 or 1 (its negative
+        keeps every channel, itself drops every channel): the bracket of any tempering."""
+        return 30.0 + max(float(pl.dropout.logit.detach().abs().max()) for pl in self)
+
+    @contextlib.contextmanager
+    def shifted(self, shift: float):
+        """Inside the block every drop logit is shifted by ``shift`` (the tempered posterior
+        sigmoid(logit p + shift) in every mode, e.g. its mean network); restored afterwards."""
+        if not shift:
+            yield self
+            return
+        logits = [pl.dropout.logit for pl in self]
+        with torch.no_grad():
+            for t in logits:
+                t.add_(shift)
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for t in logits:
+                    t.sub_(shift)
 
     def set_candidate(self, masks: Mapping[str, Tensor]) -> None:
         missing = set(self.layers) - set(masks)

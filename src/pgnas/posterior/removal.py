@@ -66,9 +66,14 @@ def zero_removed(y: Tensor, flags: Flags) -> Tensor:
     return (tiles * mask.view((k,) + (1,) * (tiles.dim() - 1))).reshape(y.shape)
 
 
-def zeros_like_output(x: Tensor, channels: int, spatial: tuple[int, ...] | None = None) -> Tensor:
-    """Zeros standing for a removed operation's output (batch of ``x``, ``channels`` channels)."""
-    return x.new_zeros((x.shape[0], channels) + tuple(x.shape[2:] if spatial is None else spatial))
+def zeros_like_output(x: Tensor, channels: int, stride: int = 1) -> Tensor:
+    """Zeros standing for a removed operation's output: the batch of ``x``, ``channels`` channels,
+    its spatial size divided by ``stride`` (rounded up, as a 'same'-padded strided conv does).
+
+    Slimming traces it as one leaf node (``pgnas.export.slim``) and knows its output is the
+    constant 0 on every channel, so a removed operation never has to be traced into."""
+    spatial = tuple((s - 1) // stride + 1 for s in x.shape[2:])
+    return x.new_zeros((x.shape[0], channels) + spatial)
 
 
 def any_alive(*flags: Flags) -> Flags:

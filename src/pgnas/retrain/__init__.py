@@ -70,6 +70,15 @@ def _network(cfg: SearchConfig, data, model_file: str | Path | None, reinit: boo
     return net, cfg.supernet, spec.aux_weight, spec
 
 
+def model_data(model_file: str | Path) -> dict[str, Any]:
+    """The data set an exported model was trained on, as settings (``dataset``, and ``data_dir`` and
+    ``image_size`` where it records them): what ``pgnas train MODEL`` trains on unless told."""
+    from pgnas.export.formats import load_model
+
+    meta = load_model(model_file).meta
+    return {k: meta[k] for k in ("dataset", "data_dir", "image_size") if meta.get(k) is not None}
+
+
 def train(
     config: SearchConfig | dict,
     *,
@@ -92,15 +101,17 @@ def train(
     from pgnas.search.train import PosteriorTrainer
 
     t_start = time.perf_counter()
+    if model_file is not None and not Path(model_file).is_file():
+        raise PgnasError(f"no model file at {model_file}")
     if isinstance(config, dict):
+        if model_file is not None and not resume and "dataset" not in config:  # the model's own data set
+            config = {**model_data(model_file), **config}
         config = SearchConfig.from_dict(config)
     cfg = config.replace()
     cfg.validate()
     if not cfg.out:
         raise PgnasError("pgnas train needs --out DIR (the results folder)")
     run_dir = Path(cfg.out)
-    if model_file is not None and not Path(model_file).is_file():
-        raise PgnasError(f"no model file at {model_file}")
     _prepare_run_dir(run_dir, resume, force)
     if resume:
         saved = SearchConfig.from_toml(run_dir / "config.toml")
@@ -192,7 +203,7 @@ def _export(net: nn.Module, cfg: SearchConfig, data, run_dir: Path, summary: dic
     import torch.fx as fx
 
     from pgnas.export.formats import graph_spec, model_bytes
-    from pgnas.export.from_run import DESCRIPTION_FORMAT
+    from pgnas.export.from_run import DESCRIPTION_FORMAT, data_meta
     from pgnas.profile import count_macs
     from pgnas.search.checkpoint import atomic_write_bytes
 
@@ -205,10 +216,7 @@ def _export(net: nn.Module, cfg: SearchConfig, data, run_dir: Path, summary: dic
             gm = fx.symbolic_trace(net)
         except Exception as exc:  # noqa: BLE001
             raise PgnasError(f"the trained network cannot be saved as a pgnas model file: torch.fx cannot trace it ({exc})") from None
-    meta = {
-        "dataset": cfg.dataset, "classes": list(data.classes), "mean": [float(v) for v in data.mean],
-        "std": [float(v) for v in data.std], "input_shape": shape, "trained_by": "pgnas train", "network": summary["network"],
-    }
+    meta = {**data_meta(cfg, data), "trained_by": "pgnas train", "network": summary["network"]}
     example = torch.zeros((2, *shape))
     content = model_bytes(gm, "pt", meta, example)
     macs = count_macs(gm, tuple(shape))
@@ -220,4 +228,4 @@ def _export(net: nn.Module, cfg: SearchConfig, data, run_dir: Path, summary: dic
     return {"model": str(run_dir / "model.pt"), "params": summary["params"], "macs": macs}
 
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "model_data", "train"]

@@ -41,14 +41,14 @@ from pgnas.supernets import get_supernet
 # Files a search owns in its results folder (--force removes these and nothing else).
 RUN_FILES = (
     "config.toml", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "candidates.jsonl", "scoring.json",
-    "summary.json", "split.json", "model.pt", "model.json",
+    "summary.json", "split.json", "model.pt", "model.json", "latency.json",
 )
 # What selection writes: it belongs to one trained posterior, so training more makes it stale.
 SELECTION_FILES = ("candidates.jsonl", "scoring.json", "summary.json", "model.pt", "model.json")
 # Settings that may change when a run is resumed; every other one must match the saved run.
 RESUME_MUTABLE = frozenset(
     {"candidates", "top_k", "eval_batch_size", "eval_tile", "race", "race_delta", "bn_recalibrate", "device", "out",
-     "data_cache", "checkpoint_minutes", "threads", "max_params", "max_macs", "max_latency_ms", "eval_path"}
+     "data_cache", "checkpoint_minutes", "threads", "max_params", "max_macs", "max_latency_ms", "eval_path", "logit_shift"}
 )
 ENSEMBLE_K = 5  # the summary's ensemble of the top candidates (Bayesian model averaging)
 # The paper's N (the KL term's data-set size) for the named data sets it used (method section 3).
@@ -330,6 +330,9 @@ def search(
         train_seconds = run_training(trainer, cfg, run_dir, state=state, stop=stop, progress=progress, dist=run.dist,
                                      on_epoch_end=on_epoch_end, command="search")
         timings = {"data": run.data_seconds, "train": time.perf_counter() - t_train if to_train else 0.0}
+        temper(run, progress)  # a budget below the posterior's candidates: the tempered posterior
+        if run.cfg != cfg and main:
+            atomic_write_text(run_dir / "config.toml", run.cfg.to_toml())
         return _select_and_report(run, run_dir, resume=resume, progress=progress, train_seconds=train_seconds, stop=stop,
                                   t_start=t_start, timings=timings, command="search")
 
@@ -469,7 +472,9 @@ def sample(
     if unknown:
         raise PgnasError(f"pgnas sample cannot change {', '.join(sorted(unknown))}")
     out_dir = Path(out) if out else run_dir / f"sample-{candidates}"
-    cfg = saved.replace(candidates=candidates, out=str(out_dir), seed=saved.seed if seed is None else seed, **changes)
+    # BN re-estimation is the sample's own choice (given, or decided by its tempering), not the search's
+    cfg = saved.replace(candidates=candidates, out=str(out_dir), seed=saved.seed if seed is None else seed,
+                        **{"bn_recalibrate": None, **changes})
     cfg.validate()
     if out_dir.exists() and any(out_dir.iterdir()) and not (force or resume):
         raise PgnasError(f"results folder {out_dir} already exists; pass --resume to continue it or --force to replace it")
@@ -485,18 +490,13 @@ def sample(
         run.model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
         raise PgnasError(f"checkpoint {ckpt_path} does not fit its configuration: {str(exc).splitlines()[0]}") from None
-    if not resume:
-        run.cfg = run.cfg.replace(logit_shift=_tempering(run, progress and run.dist.is_main))
-        if run.cfg.logit_shift != saved.logit_shift and "bn_recalibrate" not in changes and not run.cfg.bn_recalibrate:
-            # BN statistics were estimated under p: a tempered candidate keeps fewer channels and its
-            # activations shrink by (1 - p') / (1 - p), so without re-estimation it scores at chance
-            # (digits, 25 % below the posterior's MACs: 19 % val without, 94 % with 4 batches)
-            run.cfg = run.cfg.replace(bn_recalibrate=TEMPERED_BN_BATCHES)
-            if progress and run.dist.is_main:
-                _log(f"tempered candidates get their BN statistics re-estimated from {TEMPERED_BN_BATCHES} training batches "
-                     f"(--bn-recalibrate 0 turns it off)")
-    elif (out_dir / "config.toml").is_file():
-        run.cfg = run.cfg.replace(logit_shift=SearchConfig.from_toml(out_dir / "config.toml").logit_shift)
+    if resume and (out_dir / "config.toml").is_file():
+        # the sample's own tempering and BN re-estimation, as it was started (unless told otherwise)
+        prev = SearchConfig.from_toml(out_dir / "config.toml")
+        run.cfg = run.cfg.replace(logit_shift=prev.logit_shift,
+                                  bn_recalibrate=changes.get("bn_recalibrate", prev.bn_recalibrate))
+    else:
+        temper(run, progress and run.dist.is_main)
     if run.dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -511,37 +511,41 @@ def sample(
                                   timings={"data": run.data_seconds, "train": 0.0}, command="sample", source=run_dir)
 
 
-TEMPERED_BN_BATCHES = 8  # BN re-estimation default for candidates of a tempered posterior
+def temper(run: Run, say: bool) -> None:
+    """Budget-aware sampling: when the candidates' mean slim cost exceeds ``max_params`` or
+    ``max_macs``, draw from the tempered posterior whose mean slim cost is 90 % of the budget
+    (``logit_shift``, :mod:`pgnas.search.tempering`). Tempered candidates keep fewer channels than
+    the super-network's BN statistics were estimated with, so unless ``bn_recalibrate`` was given
+    they get theirs re-estimated (digits, 25 % below the posterior's MACs: 19 % validation accuracy
+    without, 94 % with)."""
+    from pgnas.search.tempering import BN_BATCHES, SlimCosts, describe, tempered_shift
 
-
-def _tempering(run: Run, say: bool) -> float:
-    """The logit shift for a budgeted ``pgnas sample``: 0 when the posterior's candidates meet the
-    budgets on average; otherwise the shift of the tempered posterior sigmoid(logit p + shift)
-    whose expected cost is 90 % of the tightest budget, so that most draws fall within it."""
     cfg = run.cfg
     budgets = {"params": cfg.max_params, "macs": cfg.max_macs}
-    if not any(budgets.values()):
-        return cfg.logit_shift
-    costs = run.posterior.layer_costs((run.data.in_channels, *run.data.image_size))
-    expected = run.posterior.expected_cost(costs, cfg.logit_shift)
-    over = {k: b for k, b in budgets.items() if b and expected[k] > b}
-    if not over:
-        return cfg.logit_shift
-    shift = max(run.posterior.shift_for_cost(costs, k, 0.9 * b) for k, b in over.items())
-    if say:
-        after = run.posterior.expected_cost(costs, shift)
-        what = ", ".join(f"{k} {expected[k]:.4g} > budget {b:.4g}" for k, b in over.items())
-        _log(f"the posterior's candidates average {what}: drawing from the tempered posterior sigmoid(logit p + {shift:.3f}) "
-             f"instead (expected params {after['params']:.4g}, MACs {after['macs']:.4g})")
-    return shift
+    if any(budgets.values()):
+        costs = SlimCosts(run.model, run.posterior, (run.data.in_channels, *run.data.image_size), cfg.seed)
+        shift, after, over = tempered_shift(costs, budgets, cfg.logit_shift)
+        if over:
+            if say:
+                _log(describe(budgets, over, costs.mean(cfg.logit_shift), after, shift))
+            run.cfg = cfg = cfg.replace(logit_shift=shift)
+    if cfg.bn_recalibrate is None:  # resolved: the paper's none, or re-estimation for a tempered posterior
+        run.cfg = cfg.replace(bn_recalibrate=BN_BATCHES if cfg.logit_shift else 0)
+        if cfg.logit_shift and say:
+            _log(f"tempered candidates get their BN statistics re-estimated from {BN_BATCHES} training batches "
+                 f"(--bn-recalibrate 0 turns it off)")
+
+
+def _within_size_budget(stats: dict, cfg: SearchConfig) -> bool:
+    return (cfg.max_params is None or stats["params"] <= cfg.max_params) and (cfg.max_macs is None or stats["macs"] <= cfg.max_macs)
 
 
 def scoring_setup(cfg: SearchConfig, device: torch.device) -> dict[str, Any]:
     """What decides a candidate's score beyond its masks: scores computed under another setup
     are not comparable, so a resumed selection re-scores them."""
     return {
-        "records": 2,  # 2: params/macs of the slim network, params_kept_slices, removed_layers
-        "bn_recalibrate": cfg.bn_recalibrate,
+        "records": 3,  # 2: params/macs of the slim network, params_kept_slices, removed_layers; 3: sizes under the candidate's BN
+        "bn_recalibrate": cfg.bn_recalibrate or 0,
         "bn_batch_size": cfg.batch_size if cfg.bn_recalibrate else None,
         "precision": "bf16" if device.type == "cuda" else "fp32",
         "seed": cfg.seed,
@@ -572,19 +576,37 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         done = {}
     if main:
         atomic_write_text(setup_path, json.dumps(setup) + "\n")
+    latency_of = None
+    if cfg.max_latency_ms:
+        from pgnas.export.latency import cached_latency
+
+        latency_of = cached_latency(run_dir if main else None, model, scorer.masks, scorer.input_shape, device)
     if cfg.race:
+        # budgets: sizes are known before scoring, so the race keeps the best candidate within them
+        # (and the accuracy-size front): a candidate is dropped only for a cheaper better one
+        budgeted = bool(cfg.max_params or cfg.max_macs or cfg.max_latency_ms)
+        racing, excluded = list(range(cfg.candidates)), []
+        if cfg.max_latency_ms:  # a latency budget is measured before racing, and the slower ones sit out
+            racing = [i for i in racing if latency_of(i) <= cfg.max_latency_ms]
+            excluded = [i for i in range(cfg.candidates) if i not in set(racing)]
+        eligible = [i for i in racing if _within_size_budget(scorer.stats(i), cfg)]
         bar = _progress(progress, total=scorer.n, desc="racing candidates", unit="image")
         try:
-            records = scorer.race(
-                range(cfg.candidates), delta=cfg.race_delta, keep_min=max(cfg.top_k, ENSEMBLE_K),
+            raced = scorer.race(
+                racing, delta=cfg.race_delta, keep_min=max(cfg.top_k, ENSEMBLE_K),
+                costs=("params", "macs") if budgeted else (), eligible=eligible,
                 on_look=lambda r, n, seen: (bar.set_postfix(candidates=n, refresh=False), bar.update(seen - bar.n)),
                 should_stop=lambda: stop.requested,
-            )
+            ) if racing else []
         except RaceStopped:
             exc = Stopped("racing restarts on resume", max(gather_objects(stop.signum, run.dist)) or 2)
             raise _stopped(exc, "candidate racing", run_dir, command) from None
         finally:
             bar.close()
+        scored = {r["index"]: r for r in raced}
+        for i in excluded:  # over the latency budget: not raced (no score, like a candidate raced out at once)
+            scored[i] = {**scorer.record(i, 0, 1), "val_acc": 0.0, "val_seen": 0, "latency_ms": latency_of(i)}
+        records = [scored[i] for i in range(cfg.candidates)]
         if main:
             atomic_write_text(cand_path, "".join(json.dumps(r) + "\n" for r in records))
     else:
@@ -621,25 +643,29 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
             raise _stopped(exc, f"candidate scoring ({exc}, kept in {cand_path})", run_dir, command)
         records = [allrec[i] for i in range(cfg.candidates)]
     ranked = rank(records)
-    if setup["precision"] != "fp32":  # the finalists again in fp32: bf16 rounding must not pick the winner
-        finalists = [dict(r) for r in ranked[: max(cfg.top_k, 2)] if r.get("val_seen", scorer.n) == scorer.n]
-        scorer.rescore_fp32(finalists)
-        chosen = {r["index"] for r in finalists}
-        ranked = rank(finalists) + [r for r in ranked if r["index"] not in chosen]
     timings["score"] = time.perf_counter() - t_score
     if progress:
         _log(f"scored {cfg.candidates} candidates in {timings['score']:.1f}s: best val {ranked[0]['val_acc']:.4f} "
              f"(candidate {ranked[0]['index']})")
+    unsized = [r for r in records if "size_error" in r]
+    if unsized and main:
+        _warn(f"{len(unsized)} of {len(records)} candidates could not be slimmed (candidates "
+              f"{_index_list([r['index'] for r in unsized])}): {unsized[0]['size_error']}; their params and MACs are the "
+              f"kept-slice counts (upper bounds), and they cannot be exported")
 
     # ---- budgets: the best candidates within every budget given (slim params/MACs, latency here)
     full = fully_scored(ranked, scorer.n)
-    latency_of = None
-    if cfg.max_latency_ms:
-        from pgnas.export.latency import cached_latency
-
-        latency_of = cached_latency(run_dir if main else None, model, scorer.masks, scorer.input_shape, device)
-    eligible = within_budget(full, max_params=cfg.max_params, max_macs=cfg.max_macs, max_latency_ms=cfg.max_latency_ms,
-                             latency_of=latency_of, need=max(cfg.top_k, ENSEMBLE_K))
+    try:
+        eligible = within_budget(full, max_params=cfg.max_params, max_macs=cfg.max_macs, max_latency_ms=cfg.max_latency_ms,
+                                 latency_of=latency_of, need=max(cfg.top_k, ENSEMBLE_K))
+        budget_met = True
+    except PgnasError as exc:  # the scores must not be lost: the best candidate, and what to do
+        eligible, budget_met = full, False
+        if main:
+            _warn(f"{exc}; selected the best candidate regardless. Sample a tempered posterior with more candidates "
+                  f"(pgnas sample {run_dir if source is None else source} --candidates N --max-...) or loosen the budget")
+    if setup["precision"] != "fp32":  # the finalists again in fp32: bf16 rounding must not pick the winner
+        eligible = scorer.rank_fp32(eligible, cfg.top_k)
 
     # ---- report the selected candidates on the test split (reporting only, never selecting),
     # each with exactly the network that was scored (its BN statistics when they were re-estimated)
@@ -658,8 +684,11 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
             top.append({**rec, "test_acc": test_acc, "layers": {k: round(v, 4) for k, v in stats["layers"].items()},
                         "removed_layer_names": stats["removed_layer_names"]})
     best_masks = scorer.masks(eligible[0]["index"])
-    supernet_val = accuracy(model, data, "val", cfg.eval_batch(device.type), device)  # the mean network (inputs x (1 - p))
-    mean_probs, _ = predict_probs(model, data, "test", cfg.eval_batch(device.type), device)
+    # the mean network (inputs x (1 - p)) of the posterior the candidates came from (tempered: p'),
+    # with its own BN statistics when the candidates' were re-estimated
+    with posterior.shifted(cfg.logit_shift), candidate_bn(model, posterior, None, data, cfg.bn_recalibrate, cfg.batch_size, device):
+        supernet_val = accuracy(model, data, "val", cfg.eval_batch(device.type), device)
+        mean_probs, _ = predict_probs(model, data, "test", cfg.eval_batch(device.type), device)
     supernet_test = float((mean_probs.argmax(1) == labels).double().mean())
     calibration = {
         "selected": calibration_metrics(member_probs[0], labels),
@@ -682,7 +711,8 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         "selection": "race" if cfg.race else "exhaustive",
         "scoring": setup,
         "budget": {k: getattr(cfg, k) for k in ("max_params", "max_macs", "max_latency_ms") if getattr(cfg, k)},
-        "within_budget": len(eligible) if not cfg.max_latency_ms else None,
+        "within_budget": (len(eligible) if not cfg.max_latency_ms else None) if budget_met else 0,
+        "budget_met": budget_met,
         "pareto": [{k: r.get(k) for k in ("index", "val_acc", "params", "macs", "latency_ms") if k in r}
                    for r in pareto_front(full)],
         "calibration": {k: {m: v[m] for m in ("accuracy", "nll", "ece", "reliability")} for k, v in calibration.items()},
@@ -708,6 +738,8 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         "world_size": run.dist.world_size,
         "torch": torch.__version__,
     }
+    if unsized:
+        summary["unsized_candidates"] = [{"index": r["index"], "why": r["size_error"]} for r in unsized]
     if source is not None:
         summary["source_run"] = str(source)
     t_export = time.perf_counter()
@@ -738,6 +770,16 @@ def _duration(seconds: float) -> str:
     if seconds < 3 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def _index_list(indices: list[int], most: int = 8) -> str:
+    shown = ", ".join(str(i) for i in indices[:most])
+    return shown + (f" and {len(indices) - most} more" if len(indices) > most else "")
+
+
+def _warn(msg: str) -> None:
+    """A warning on stderr, shown with --quiet too (it changes what the run's results mean)."""
+    print(f"pgnas: warning: {msg}", file=sys.stderr)
 
 
 def _log(msg: str) -> None:

@@ -22,6 +22,7 @@ statistics on training batches in candidate mode before scoring.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from pgnas.errors import PgnasError
 from pgnas.posterior import Posterior
 from pgnas.search.distributed import Dist, gather_objects
 from pgnas.search.train import autocast_for, split_output
@@ -138,10 +140,10 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, posterior: Posterior, masks: dict, data, batches: int, batch_size: int, device) -> None:
-    """Re-estimate BN running statistics of one candidate on ``batches`` un-augmented training
-    batches of a fixed order (cumulative average), the rest of the model in eval mode. The BN
-    layers' momentum is left as it was; the statistics are the candidate's (see
-    :func:`candidate_bn` to have them restored afterwards)."""
+    """Re-estimate BN running statistics of one candidate (``masks``; None: the mean network) on
+    ``batches`` un-augmented training batches of a fixed order (cumulative average), the rest of the
+    model in eval mode. The BN layers' momentum is left as it was; the statistics are the
+    candidate's (see :func:`candidate_bn` to have them restored afterwards)."""
     from pgnas.data.augment import AugmentSpec
 
     model.eval()
@@ -151,7 +153,8 @@ def recalibrate_bn(model: nn.Module, posterior: Posterior, masks: dict, data, ba
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    posterior.set_candidate(masks)
+    if masks is not None:
+        posterior.set_candidate(masks)
     g = torch.Generator().manual_seed(0)
     try:
         for i, (x, _) in enumerate(data.train_batches(batch_size, g, device, AugmentSpec())):
@@ -189,6 +192,22 @@ def _is_bn_buffer(model: nn.Module, key: str) -> bool:
     return name in ("running_mean", "running_var", "num_batches_tracked") and isinstance(model.get_submodule(owner), _BN)
 
 
+@functools.lru_cache(maxsize=8)
+def sign_test_critical(max_discordant: int, alpha: float) -> Tensor:
+    """``k[D]`` for D = 0 .. ``max_discordant``: the fewest wins out of D discordant images for
+    which the exact one-sided sign test rejects "not better" at level ``alpha``, i.e. the least
+    k with ``P(Binomial(D, 1/2) >= k) <= alpha`` (D + 1 where no k does)."""
+    out = torch.empty(max_discordant + 1, dtype=torch.long)
+    log_alpha = math.log(alpha)
+    for d in range(max_discordant + 1):
+        k = torch.arange(d + 1, dtype=torch.float64)
+        log_pmf = math.lgamma(d + 1) - torch.lgamma(k + 1) - torch.lgamma(d - k + 1) - d * math.log(2.0)
+        log_tail = torch.logcumsumexp(log_pmf.flip(0), 0).flip(0)  # log P(X >= k)
+        hit = torch.nonzero(log_tail <= log_alpha)
+        out[d] = int(hit[0]) if len(hit) else d + 1
+    return out
+
+
 class RaceStopped(Exception):
     """A stop was requested during racing (racing restarts on resume)."""
 
@@ -196,17 +215,31 @@ class RaceStopped(Exception):
 SLIM_BELOW = 0.8  # "auto" scores a candidate through its slim network below this share of the super-network's MACs
 
 # ---------------------------------------------------------------------------------- records
-def candidate_sizes(model: nn.Module, posterior: Posterior, masks: dict, input_shape: Sequence[int]) -> dict:
+def candidate_sizes(model: nn.Module, posterior: Posterior, masks: dict, input_shape: Sequence[int],
+                    costs: Callable[[], dict] | None = None) -> dict:
     """What a candidate costs: the slim network's ``params`` and ``macs`` (exactly what export
     writes), ``params_kept_slices`` (the paper's count: the super-network less the kernel slices of
-    dropped input channels), the kept channel fraction and layer by layer, the removed layers."""
+    dropped input channels), the kept channel fraction and layer by layer, the removed layers.
+
+    A network the slimmer cannot follow must not lose a search: its ``params`` and ``macs`` are then
+    the kept-slice counts (upper bounds of the slim network's), ``size_error`` says why, and it has
+    no slim network (``slim`` is None). ``costs``: the posterior's ``layer_costs`` (computed when
+    first needed)."""
     from pgnas.export.slim import slim_sizes
 
     st = posterior.candidate_stats(masks)
-    slim = slim_sizes(model, masks, input_shape)
-    return {"params": slim["params"], "macs": slim["macs"], "params_kept_slices": st["params"], "kept_fraction": st["kept_fraction"],
-            "layers": st["layers"], "removed_layers": slim["removed_layers"], "removed_layer_names": slim["removed_layer_names"],
-            "slim": slim["model"]}
+    out = {"params_kept_slices": st["params"], "kept_fraction": st["kept_fraction"], "layers": st["layers"]}
+    try:
+        slim = slim_sizes(model, masks, input_shape)
+    except Exception as exc:  # noqa: BLE001 (a slimmer that cannot follow the network must not lose the run)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        why = text if isinstance(exc, PgnasError) else f"{type(exc).__name__}: {text} (a pgnas bug, please report it)"
+        c = costs() if costs is not None else posterior.layer_costs(input_shape)
+        macs = c["macs"] - sum(c["layers"][name]["macs"] * (1.0 - kept) for name, kept in st["layers"].items())
+        return {**out, "params": st["params"], "macs": int(round(macs)), "removed_layers": len(st["removed_ops"]),
+                "removed_layer_names": list(st["removed_ops"]), "size_error": why, "slim": None}
+    return {**out, "params": slim["params"], "macs": slim["macs"], "removed_layers": slim["removed_layers"],
+            "removed_layer_names": slim["removed_layer_names"], "slim": slim["model"]}
 
 
 def read_candidates(path: Path) -> dict[int, dict]:
@@ -254,8 +287,6 @@ def within_budget(ranked: Sequence[dict], *, max_params: float | None = None, ma
     candidates the selection has to look at (best first, until ``need`` are within budget), with
     ``latency_ms`` added to their records. No candidate within budget: a PgnasError saying the
     smallest cost found."""
-    from pgnas.errors import PgnasError
-
     ok = [r for r in ranked if (max_params is None or r["params"] <= max_params) and (max_macs is None or r["macs"] <= max_macs)]
     if not ok:
         raise PgnasError(f"no candidate within the budget (max params {_fmt_count(max_params) if max_params else '-'}, "
@@ -322,6 +353,7 @@ class CandidateScorer:
         self._supernet_macs: int | None = None
         self._masks: dict[int, dict] = {}
         self._stats: dict[int, dict] = {}
+        self._costs: dict | None = None
 
     def masks(self, index: int) -> dict:
         if index not in self._masks:
@@ -333,10 +365,25 @@ class CandidateScorer:
         write, ``params_kept_slices`` (the paper's count), kept channel fraction, removed layers
         (and, until it is scored, the slim network itself)."""
         if index not in self._stats:
-            self._stats[index] = candidate_sizes(self.model, self.posterior, self.masks(index), self.input_shape)
-            if not self._may_slim:
-                self._stats[index].pop("slim")  # the masked path will not use it
+            with self._candidate_bn(index):  # sizes depend on BN's constants: those the candidate is scored with
+                self._sizes(index)
         return self._stats[index]
+
+    def _sizes(self, index: int) -> None:
+        self._stats[index] = candidate_sizes(self.model, self.posterior, self.masks(index), self.input_shape, self.costs)
+        if not self._may_slim:
+            self._stats[index].pop("slim")  # the masked path will not use it
+
+    def _candidate_bn(self, index: int):
+        """The candidate's BN statistics (re-estimated with ``bn_recalibrate``) inside the block."""
+        return candidate_bn(self.model, self.posterior, self.masks(index), self.data, self.bn_recalibrate,
+                            self.train_batch_size, self.device)
+
+    def costs(self) -> dict:
+        """The posterior's per-layer costs (``Posterior.layer_costs``), computed once."""
+        if self._costs is None:
+            self._costs = self.posterior.layer_costs(self.input_shape)
+        return self._costs
 
     @property
     def _may_slim(self) -> bool:
@@ -362,12 +409,14 @@ class CandidateScorer:
         if not self._may_slim:
             return False
         if self.path == "slim":
-            return True
+            return "size_error" not in self.stats(index)
         if self._supernet_macs is None:
             from pgnas.profile import count_macs
 
             self._supernet_macs = count_macs(self.model, self.input_shape, device=self.device)
         st = self.stats(index)
+        if "size_error" in st:
+            return False
         if st["macs"] > SLIM_BELOW * self._supernet_macs:
             st.pop("slim", None)
             return False
@@ -384,6 +433,7 @@ class CandidateScorer:
             "params_kept_slices": st["params_kept_slices"],
             "kept_fraction": round(st["kept_fraction"], 6),
             "removed_layers": st["removed_layers"],
+            **({"size_error": st["size_error"]} if "size_error" in st else {}),
         }
 
     def correct(self, indices: Sequence[int], examples: Tensor | None = None, fp32: bool = False) -> dict[int, Tensor]:
@@ -394,9 +444,10 @@ class CandidateScorer:
         out: dict[int, Tensor] = {}
         if self.bn_recalibrate:
             for i in mine:
-                m = self.masks(i)
-                with candidate_bn(self.model, self.posterior, m, self.data, self.bn_recalibrate, self.train_batch_size, self.device):
-                    out[i] = correct_matrix(self.model, self.posterior, [m], self.data, tile=1, **kw)[0]
+                with self._candidate_bn(i):  # one re-estimation for the candidate's sizes and its score
+                    if i not in self._stats:
+                        self._sizes(i)
+                    out[i] = correct_matrix(self.model, self.posterior, [self.masks(i)], self.data, tile=1, **kw)[0]
         else:
             slim = [i for i in mine if self.use_slim(i)]
             masked = [i for i in mine if i not in set(slim)]
@@ -431,6 +482,26 @@ class CandidateScorer:
                 break
         return records
 
+    def rank_fp32(self, ranked: list[dict], k: int) -> list[dict]:
+        """``ranked`` (scored in bf16) with its head re-scored in fp32, so that bf16 rounding cannot
+        decide the choice: the top ``k`` (at least 2) candidates scored on the whole split, then the
+        next ones as long as one could still beat a re-scored candidate (its bf16 score plus the
+        largest bf16-to-fp32 change seen is not below the lowest fp32 score). The re-scored
+        candidates lead the result in their fp32 order; every other candidate is then known to be
+        below all of them."""
+        full = [dict(r) for r in ranked if r.get("val_seen", self.n) == self.n]
+        head, rest = full[: max(k, 2)], full[max(k, 2):]
+        self.rescore_fp32(head)
+        while rest:
+            margin = max(abs(r["val_acc"] - r["val_acc_bf16"]) for r in head)
+            if rest[0]["val_acc"] + margin < min(r["val_acc"] for r in head):
+                break
+            nxt = rest.pop(0)
+            self.rescore_fp32([nxt])
+            head.append(nxt)
+        chosen = {r["index"] for r in head}
+        return rank(head) + [r for r in ranked if r["index"] not in chosen]
+
     def rescore_fp32(self, records: list[dict]) -> None:
         """Score ``records`` (finalists scored on the whole split in bf16) again without autocast,
         in place: ``val_acc`` becomes the fp32 score, the bf16 one is kept as ``val_acc_bf16``, so
@@ -442,35 +513,44 @@ class CandidateScorer:
         self._masks.clear()
 
     def race(self, indices: Sequence[int], *, delta: float = 0.05, first: int | None = None, keep_min: int = 1,
+             costs: Sequence[str] = (), eligible: Iterable[int] | None = None,
              on_look: Callable[[int, int, int], None] | None = None, should_stop: Callable[[], bool] | None = None) -> list[dict]:
-        """Paired racing over the validation split.
+        """Paired racing over the validation split, with a guarantee: the exhaustive winner (the
+        candidate :func:`rank` puts first among ``eligible``) is dropped with probability at most
+        ``delta``, over the random order of the images.
 
         Every candidate sees the same images in the same (seeded, random) order, looked at in
         doubling prefixes (``first``, 2 x ``first``, ..., the whole split; ``first`` defaults to
-        1/32 of the split, at least 64 images). At each look the leader is the candidate with the
-        most correct images so far; another candidate is dropped when a one-sided confidence
-        bound on its per-image correctness difference to the leader is below zero:
+        1/32 of the split, at least 64 images). At each look before the last, candidate j is
+        dropped when some other candidate i at most as costly in every one of ``costs`` (e.g.
+        ``("params", "macs")``; none: any candidate) is better by an exact one-sided sign test on
+        the images where exactly one of the two is right: i right on K of those D images, with
+        ``P(Binomial(D, 1/2) >= K) <= delta / ((C - 1) (looks - 1))``.
 
-            mean(d) + z * sqrt(var(d) / n) * sqrt(1 - (n - 1) / (N - 1)) < 0,   z = Phi^-1(1 - delta / looks)
+        Why it holds: if j is the exhaustive winner, every i is at most as good on the whole split,
+        so among the D discordant images of a random prefix the count i wins is hypergeometric
+        with a proportion of at most 1/2, whose upper tail the binomial's bounds; a wrong drop
+        needs one rejection among at most C - 1 comparators at one of looks - 1 decision points,
+        so the union bound gives delta (checked by simulation in tests/test_racing.py). Pairing
+        makes it efficient: candidates of one posterior agree on most images, and only the
+        images where they differ count. With ``costs``, a candidate is only ever dropped for a
+        cheaper (or equal) better one, so the best candidate within any budget on those costs,
+        and every candidate on the accuracy-cost front, survives with the same guarantee.
 
-        with d in {-1, 0, 1} per image, n images seen of N. Why this bound: the difference is
-        *paired*, so what two candidates of one posterior share (they agree on most images) cancels
-        and its variance is small; the finite-population factor makes it exact about the quantity
-        selection uses, the accuracy on the whole (finite) split, and shrinks to 0 as n reaches N;
-        ``delta`` is split over the looks (Bonferroni), since dropping the eventual exhaustive winner
-        needs one wrong decision against the leader at some look. The survivors (at least
-        ``keep_min``) are scored on the whole split, so their scores and order are exact; dropped
+        The top ``keep_min`` by count so far (among ``eligible``, default all) are never dropped.
+        The survivors are scored on the whole split, so their scores and order are exact; dropped
         candidates keep their partial scores (``val_seen`` < N).
         """
-        from statistics import NormalDist
-
         n_all = self.n
+        indices = list(indices)
         order = torch.randperm(n_all, generator=torch.Generator().manual_seed(self.seed + 7919))
         first = first or max(64, math.ceil(n_all / 32))
         looks = []
         while not looks or looks[-1] < n_all:
             looks.append(min(n_all, first * 2 ** len(looks)))
-        z = NormalDist().inv_cdf(1 - delta / len(looks))
+        alpha = delta / (max(1, len(indices) - 1) * max(1, len(looks) - 1))
+        critical = sign_test_critical(n_all, alpha)
+        protect_from = set(indices if eligible is None else eligible)
         alive = list(indices)
         seen_rows: dict[int, list[Tensor]] = {i: [] for i in alive}
         records: dict[int, dict] = {}
@@ -486,18 +566,23 @@ class CandidateScorer:
                 break
             if should_stop is not None and any(gather_objects(bool(should_stop()), self.dist)):
                 raise RaceStopped()  # the caller turns it into a stop: racing restarts on resume
-            mats = torch.stack([torch.cat(seen_rows[i]) for i in alive]).double()  # (candidates, images seen)
-            counts = dict(zip(alive, mats.sum(1).long().tolist()))
-            ordered = sorted(alive, key=lambda i: (-counts[i], self.stats(i)["params"], i))
-            d = mats[[alive.index(i) for i in ordered]]
-            d = d - d[0]  # image by image, against the leader
-            fpc = math.sqrt(max(0.0, 1 - (seen - 1) / max(1, n_all - 1)))
-            bound = d.mean(1) + z * (d.var(1, unbiased=True) / seen).sqrt() * fpc
-            dropped = (bound < 0).tolist()
+            mat = torch.stack([torch.cat(seen_rows[i]) for i in alive]).float()  # (candidates, images seen), exact integers
+            counts = mat.sum(1)
+            wins = counts[:, None] - mat @ mat.T  # wins[i, j]: images i gets right and j wrong
+            discordant = (wins + wins.T).long()
+            beats = wins.long() >= critical[discordant]
+            beats.fill_diagonal_(False)
+            for key in costs:
+                cost = torch.tensor([float(self.stats(i)[key]) for i in alive])
+                beats &= cost[:, None] <= cost[None, :]
+            dropped = beats.any(0).tolist()
+            count = dict(zip(alive, counts.long().tolist()))
+            protected = set(sorted((i for i in alive if i in protect_from),
+                                   key=lambda i: (-count[i], self.stats(i)["params"], i))[:keep_min])
             keep = []
-            for rank_i, i in enumerate(ordered):
-                if rank_i >= keep_min and dropped[rank_i]:
-                    records[i] = self.record(i, counts[i], seen)
+            for i, drop in zip(alive, dropped):
+                if drop and i not in protected:
+                    records[i] = self.record(i, count[i], seen)
                     self._masks.pop(i, None)
                     seen_rows.pop(i)
                 else:

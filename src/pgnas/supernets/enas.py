@@ -88,13 +88,13 @@ class FactorizedReduction(nn.Module):
         return any_alive(alive(self.conv1), alive(self.conv2))
 
     def forward(self, x: Tensor) -> Tensor:
+        flags = self.alive()
+        if removed_everywhere(flags):
+            return zeros_like_output(x, self.bn.num_features, 2)
         if self.relu:
             x = F.relu(x)
         a = x[:, :, ::2, ::2]
         b = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:][:, :, ::2, ::2]
-        flags = self.alive()
-        if removed_everywhere(flags):
-            return zeros_like_output(a, self.bn.num_features)
         return zero_removed(self.bn(torch.cat([self.conv1(a), self.conv2(b)], dim=1)), flags)
 
 
@@ -196,6 +196,7 @@ class EnasLayer(nn.Module):
         for i in self.out_nodes:
             if level[i] < out_level:
                 self.combine[str(i)] = FactorizedReduction(c, c)
+        self.channels = c  # of every node
         self.out_channels = c * len(self.out_nodes)
         self.out_scale = s_p * (2 if out_level else 1)
         # drop-path keep probability, set by the network at each epoch start (a tensor: see drop_path)
@@ -216,8 +217,8 @@ class EnasLayer(nn.Module):
             a = self._op(fx, x_op, nodes[x_id])
             b = self._op(fy, y_op, nodes[y_id])
             if a is None and b is None:  # both ops removed: a zero node at the ops' resolution
-                ref = nodes[x_id] if not (self.reduction and x_id in (0, 1)) else nodes[x_id][:, :, ::2, ::2]
-                nodes.append(torch.zeros_like(ref))
+                stride = 2 if self.reduction and x_id in (0, 1) else 1
+                nodes.append(zeros_like_output(nodes[x_id], self.channels, stride))
             else:
                 nodes.append(a if b is None else b if a is None else a + b)
         outs = [self.combine[str(i)](nodes[i]) if str(i) in self.combine else nodes[i] for i in self.out_nodes]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.posterior.removal import alive, removed_everywhere, zero_removed
+from pgnas.posterior.removal import alive, removed_everywhere, zero_removed, zeros_like_output
 from pgnas.supernets.registry import SupernetSpec, register
 
 # (kernel, dilation) of the four branches: receptive fields 1, 3, 5 and 9.
@@ -35,9 +35,7 @@ class Branch(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         flags = alive(self.conv)
         if removed_everywhere(flags):
-            s = self.conv.stride[0]
-            h, w = (x.shape[2] - 1) // s + 1, (x.shape[3] - 1) // s + 1
-            return x.new_zeros((x.shape[0], self.conv.out_channels, h, w))
+            return zeros_like_output(x, self.conv.out_channels, self.conv.stride[0])
         return zero_removed(self.bn(self.conv(x)), flags)
 
 
