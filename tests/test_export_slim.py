@@ -409,3 +409,16 @@ def test_resnet_bottleneck_with_every_branch_removed():
         masks[f"stages.0.0.conv2.branches.{b}.conv"][:] = False
     masks["stages.1.0.conv1"][:] = False  # a bottleneck whose first conv lost every input: constant maps
     _check_equal(model, post, masks, (3, 32, 32), batch=2)
+
+
+def test_a_cached_trace_takes_the_weights_as_they_are_now():
+    """Traces are cached per removal pattern; weights changed in place since (training, BN
+    re-estimation) must be read as they are now, not as they were when traced."""
+    model, post = _instrumented("enas-micro-f8")
+    masks = _pruning_masks(post, 1)
+    first = slim_model(model, masks, (3, 16, 16))
+    _randomise_bn(model, 7)  # in place: the same tensors, new values
+    second = _check_equal(model, post, masks, (3, 16, 16), batch=2)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(first.model(x), second.model(x))

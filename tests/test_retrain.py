@@ -108,3 +108,35 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(exported, tmp_path):
                    capture_output=True)
     a, b = _weights(ref / "model.pt"), _weights(run / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_and_evaluate_use_the_model_files_own_data_set(tmp_path, monkeypatch):
+    """Issue 20.9: `pgnas train MODEL` trained on digits whatever the model's data set, and
+    `pgnas evaluate` of an ImageFolder model needed --data-dir although the file could record it."""
+    from data_fixtures import make_imagefolder
+
+    from pgnas.cli import main
+
+    tree = make_imagefolder(tmp_path / "imgs", per_class=(24, 6), size=(8, 8))
+    pgnas.search({"supernet": "shake-shake-8-2x16d", "dataset": "imagefolder", "data_dir": str(tree), "val_size": 0.25,
+                  "epochs": 1, "candidates": 2, "out": str(tmp_path / "run"), "data_cache": str(tmp_path / "cache")},
+                 progress=False)
+    model_file = tmp_path / "run" / "model.pt"
+    assert load_model(model_file).meta["data_dir"] == str(tree.resolve())
+    monkeypatch.chdir(tmp_path / "run")  # the data set's relative location no longer works from here
+    ev = evaluate(model_file)
+    assert ev["dataset"] == "imagefolder" and ev["images"] == 3 * 6
+    assert main(["train", str(model_file), "--epochs", "1", "--out", str(tmp_path / "ft"), "--quiet",
+                 "--data-cache", str(tmp_path / "cache")]) == 0
+    s = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    assert s["dataset"] == "imagefolder" and s["splits"]["test"] == 18
+
+
+def test_digits_image_size_resizes_the_images():
+    """Issue 20.9: --image-size was silently ignored for digits."""
+    small, big = load_dataset("digits"), load_dataset("digits", image_size=16)
+    assert big.image_size == (16, 16) and tuple(big.train_x.shape[1:]) == (1, 16, 16)
+    assert len(big.train_y) == len(small.train_y) and torch.equal(big.test_y, small.test_y)
+    # the same images, enlarged: 2x2 means of the 16x16 images follow the 8x8 ones closely
+    back = torch.nn.functional.avg_pool2d(big.test_x.float(), 2).flatten()
+    assert torch.corrcoef(torch.stack([back, small.test_x.float().flatten()]))[0, 1] > 0.9

@@ -47,6 +47,7 @@ from pgnas.posterior.instrument import DROPOUT_NAME, Posterior, _apply_dropout
 from pgnas.posterior.removal import zeros_like_output
 from pgnas.profile import count_macs, layer_macs
 
+CHECK_TOLERANCE = 1e-6  # largest difference allowed, in float64, as a fraction of the output scale
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CHANWISE_MODULES = (
@@ -128,6 +129,25 @@ def _strip_hooks(model: nn.Module) -> None:
         for key, hook in list(mod._forward_pre_hooks.items()):
             if hook is _apply_dropout:
                 del mod._forward_pre_hooks[key]
+
+
+def _cpu_view(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree on the CPU for the slimmer to trace and read: every module
+    is a shallow copy with its own parameter, buffer, sub-module and hook tables (so candidate
+    masks, stripped hooks and eval mode stay on the copy), its parameters and buffers sharing
+    storage with the original's where those are on the CPU already. The slimmer reads weights and
+    never writes them; a deep copy of every module took most of the time of a trace."""
+    def clone(m: nn.Module) -> nn.Module:
+        new = copy.copy(m)
+        new._parameters = {k: None if p is None else nn.Parameter(p.detach().cpu(), requires_grad=p.requires_grad)
+                           for k, p in m._parameters.items()}
+        new._buffers = {k: None if b is None else b.detach().cpu() for k, b in m._buffers.items()}
+        new._modules = {k: None if c is None else clone(c) for k, c in m._modules.items()}
+        new._forward_pre_hooks = OrderedDict(m._forward_pre_hooks)
+        new._forward_hooks = OrderedDict(m._forward_hooks)
+        return new
+
+    return clone(model)
 
 
 class _Tracer(fx.Tracer):
@@ -249,7 +269,9 @@ class _Traced:
 
     def __init__(self, model: nn.Module, masks: Mapping[str, Tensor], input_shape: tuple[int, ...]):
         # the copy we trace: CPU, eval, candidate mode (so Python checks of removed ops resolve), no hooks
-        work = copy.deepcopy(model).cpu().eval()
+        # in float64: constants are folded and the slim network is built and checked exactly, then
+        # handed out in float32 (the rounding of an exact network, as the super-network's is)
+        work = _cpu_view(model).double().eval()
         Posterior(work).set_candidate(masks)
         _strip_hooks(work)
         self.work = work
@@ -258,16 +280,27 @@ class _Traced:
         self.modules = dict(self.gm.named_modules())
         rec = _Recorder(self.gm)
         with torch.no_grad():
-            rec.run(torch.randn((2,) + input_shape))
+            rec.run(torch.randn((2,) + input_shape, dtype=torch.float64))
         self.shapes = rec.shapes
         self.values = rec.values
         self.nodes = list(self.gm.graph.nodes)
+
+    @torch.no_grad()
+    def refresh(self, model: nn.Module) -> None:
+        """Take ``model``'s current parameter and buffer values (same names, same shapes)."""
+        for name, p in model.named_parameters():
+            self.work.get_parameter(name).copy_(p.detach())
+        for name, b in model.named_buffers():
+            self.work.get_buffer(name).copy_(b.detach())
 
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def _traced(model: nn.Module, masks: Mapping[str, Tensor], input_shape: tuple[int, ...]) -> _Traced:
+    """The trace of ``model`` for the removal pattern of ``masks``, cached per model (up to 16
+    patterns). A trace depends on the weights only through their values, so when they changed
+    (training, BN re-estimation) a cached trace takes the current values instead of tracing again."""
     removed = frozenset(k for k, m in masks.items() if not bool(m.any()))
     version = tuple(t._version for t in model.parameters()) + tuple(t._version for t in model.buffers())
     try:
@@ -275,15 +308,16 @@ def _traced(model: nn.Module, masks: Mapping[str, Tensor], input_shape: tuple[in
     except TypeError:  # not weak-referenceable: no cache
         return _Traced(model, masks, input_shape)
     key = (input_shape, removed)
-    if cache.get("version") != version:
-        cache.clear()
-        cache["version"] = version
     if key not in cache:
-        if len(cache) > 16:
-            cache.clear()
-            cache["version"] = version
+        if len(cache) >= 16:
+            cache.pop(next(iter(cache)))
         cache[key] = _Traced(model, masks, input_shape)
-    return cache[key]
+        cache[key].version = version
+    entry = cache[key]
+    if entry.version != version:
+        entry.refresh(model)
+        entry.version = version
+    return entry
 
 
 class _Slimmer:
@@ -301,24 +335,6 @@ class _Slimmer:
         self.kind: dict[fx.Node, str] = {}
         self.cval: dict[fx.Node, Tensor] = {}  # float64 (C,), NaN = dynamic
         self.live: dict[fx.Node, Tensor] = {}
-
-    def slim_macs(self, slim: fx.GraphModule) -> int:
-        """MACs of the built slim network on one input, from the traced shapes (as pgnas.profile
-        counts them: conv output elements x input channels per group x kernel area; linear output
-        elements x input features)."""
-        mods = dict(slim.named_modules())
-        total = 0
-        for n in self.nodes:
-            if self.kind.get(n) not in ("conv", "linear"):
-                continue
-            for t in self.new_layers.get(str(n.target), []):
-                m = mods[t]
-                spatial = math.prod(self.shapes[n][2:]) if len(self.shapes[n]) > 2 else 1
-                if isinstance(m, nn.Linear):
-                    total += spatial * m.out_features * m.in_features
-                else:
-                    total += spatial * m.out_channels * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-        return int(total)
 
     # -------------------------------------------------------------- classification
     def tensor(self, x: Any) -> bool:
@@ -473,7 +489,7 @@ class _Slimmer:
         x = n.args[0]
         shape = (1,) + self.shapes[x][1:]
         dyn = torch.isnan(cin)
-        filled = torch.where(dyn, torch.zeros_like(cin), cin).float()
+        filled = torch.where(dyn, torch.zeros_like(cin), cin)
         inp = filled.view((1, -1) + (1,) * (len(shape) - 2)).expand(shape).contiguous()
 
         def sub(a):
@@ -494,7 +510,7 @@ class _Slimmer:
                 out = getattr(args[0], n.target)(*args[1:], **kwargs)
         flat = out.reshape(out.shape[0], out.shape[1], -1).double()[0]
         val = flat.mean(1)
-        uniform = (flat.amax(1) - flat.amin(1)).abs() <= 1e-6 * (1 + val.abs())
+        uniform = (flat.amax(1) - flat.amin(1)).abs() <= 1e-12 * (1 + val.abs())
         val[dyn | ~uniform] = float("nan")
         return val
 
@@ -658,7 +674,7 @@ class _Slimmer:
     def _const(self, values: Tensor, ndim: int) -> fx.Node:
         name = f"pgnas_const_{self.n_const}"
         self.n_const += 1
-        self.attrs[name] = values.float().view((1, -1) + (1,) * (ndim - 2)).contiguous()
+        self.attrs[name] = values.double().view((1, -1) + (1,) * (ndim - 2)).contiguous()
         return self.g.get_attr(name)
 
     def _index(self, values: list[int]) -> fx.Node:
@@ -749,7 +765,12 @@ class _Slimmer:
             return self.g.call_function(n.target, args, kwargs)
         return self.g.call_method(n.target, args, kwargs)
 
-    def _build_layer(self, n: fx.Node, O: list[int]) -> None:
+    def _layer_plan(self, n: fx.Node, O: list[int]):
+        """How the slim network replaces conv/linear ``n`` whose live outputs are ``O``: one layer
+        (groups kept), or one per group when the groups end up of unequal sizes. Returns the layer,
+        its input node, the input channels per group, and per new layer (its name, its groups as
+        (group, outputs, inputs, bias), the inputs K it reads, the outputs it writes, its bias or
+        None). Constant inputs are folded into the bias where that is exact."""
         m, x, G, cin, cout, padded = self._layer_geometry(n)
         gi, go = cin // G, cout // G
         c = self.cval[x]
@@ -757,8 +778,7 @@ class _Slimmer:
         mask = self.mask_of(n, cin)
         contributes = mask & (dyn | (padded & (c != 0) & ~dyn))
         folded = mask & ~dyn & ~contributes
-        w = m.weight.detach()
-        bias_add = w.double().reshape(cout, gi, -1).sum(-1)
+        bias_add = m.weight.detach().double().reshape(cout, gi, -1).sum(-1) if bool(folded.any()) else None
         groups = []
         for g in range(G):
             Og = [o for o in O if g * go <= o < (g + 1) * go]
@@ -775,49 +795,80 @@ class _Slimmer:
         need_bias = m.bias is not None or any(bool((b != 0).any()) for *_, b in groups)
         uniform = len({len(Kg) for _, _, Kg, _ in groups}) == 1 and len({len(Og) for _, Og, _, _ in groups}) == 1
         name = str(n.target)
-        parts = [groups] if uniform else [[grp] for grp in groups]
-        outs = []
-        self.new_layers[name] = []
-        for i, part in enumerate(parts):
+        plan = []
+        for part in ([groups] if uniform else [[grp] for grp in groups]):
             K = [k for _, _, Kg, _ in part for k in Kg]
             Oc = [o for _, Og, _, _ in part for o in Og]
+            bias = torch.cat([b for *_, b in part]) if need_bias else None
+            plan.append((name if uniform else f"{name}_g{part[0][0]}", part, K, Oc, bias))
+        return m, x, gi, plan
+
+    def _build_layer(self, n: fx.Node, O: list[int]) -> None:
+        m, x, gi, plan = self._layer_plan(n, O)
+        w = m.weight.detach()
+        outs = []
+        self.new_layers[str(n.target)] = []
+        for target, part, K, Oc, bias in plan:
             weight = torch.cat([w[Og][:, [k - g * gi for k in Kg]] for g, Og, Kg, _ in part])
-            bias = torch.cat([b for *_, b in part]).to(w.dtype) if need_bias else None
-            new = self._new_layer(m, len(K), len(Oc), len(part), weight, bias)
-            target = name if uniform else f"{name}_g{part[0][0]}"
-            self.new_layers[name].append(target)
+            new = self._new_layer(m, len(K), len(Oc), len(part), weight, None if bias is None else bias.to(w.dtype))
+            self.new_layers[str(n.target)].append(target)
             outs.append(self._copy_call(n, x, self.select(x, K), module=new, target=target))
         self._set(n, outs[0] if len(outs) == 1 else self.g.call_function(torch.cat, (outs, 1)))
+
+    def sizes(self) -> dict[str, Any]:
+        """Parameters and MACs (one input) of the slim network :meth:`build` would write, and the
+        conv/linear layers it would no longer have, counted from the same plans without building
+        it (conv/linear weights and biases and BN's affine parameters are its only parameters)."""
+        params = macs = 0
+        present: set[str] = set()
+        for n in self.nodes:
+            k = self.kind[n]
+            if k not in ("conv", "linear", "bn"):
+                continue
+            O = torch.nonzero(self.live[n] & torch.isnan(self.cval[n])).flatten().tolist()
+            if not O:
+                continue
+            m = self.modules[n.target]
+            if k == "bn":
+                params += 2 * len(O) if m.affine else 0
+                continue
+            area = 1 if isinstance(m, nn.Linear) else math.prod(m.kernel_size)
+            spatial = math.prod(self.shapes[n][2:]) if len(self.shapes[n]) > 2 else 1
+            for _, part, K, Oc, bias in self._layer_plan(n, O)[3]:
+                per_group = len(K) // len(part)
+                params += len(Oc) * per_group * area + (len(Oc) if bias is not None else 0)
+                macs += spatial * len(Oc) * per_group * area
+            present.add(str(n.target))
+        gone = [name for name, mod in self.work.named_modules() if isinstance(mod, _CONV + (nn.Linear,)) and name not in present]
+        return {"params": int(params), "macs": int(macs), "removed_layers": len(gone), "removed_layer_names": gone}
 
     _build_conv = _build_layer
     _build_linear = _build_layer
 
     @staticmethod
     def _new_layer(m: nn.Module, cin: int, cout: int, groups: int, weight: Tensor, bias: Tensor | None) -> nn.Module:
+        # built on the meta device (no random initialisation to throw away), then given its tensors
         if isinstance(m, nn.Linear):
-            new = nn.Linear(cin, cout, bias=bias is not None)
+            new = nn.Linear(cin, cout, bias=bias is not None, device="meta")
         else:
             new = type(m)(cin, cout, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                          groups=groups, bias=bias is not None, padding_mode=m.padding_mode)
-        new = new.to(dtype=weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(weight)
-            if bias is not None:
-                new.bias.copy_(bias)
+                          groups=groups, bias=bias is not None, padding_mode=m.padding_mode, device="meta")
+        new.weight = nn.Parameter(weight.detach().clone(), requires_grad=m.weight.requires_grad)
+        if bias is not None:
+            new.bias = nn.Parameter(bias.detach().to(weight.dtype).clone(), requires_grad=m.weight.requires_grad)
         return new
 
     def _build_bn(self, n: fx.Node, O: list[int]) -> None:
         m = self.modules[n.target]
         x = n.args[0]
-        new = type(m)(len(O), eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=True)
-        new = new.to(dtype=m.running_mean.dtype)
-        with torch.no_grad():
-            if m.affine:
-                new.weight.copy_(m.weight[O])
-                new.bias.copy_(m.bias[O])
-            new.running_mean.copy_(m.running_mean[O])
-            new.running_var.copy_(m.running_var[O])
-            new.num_batches_tracked.copy_(m.num_batches_tracked)
+        new = type(m)(len(O), eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=True, device="meta")
+        index = torch.tensor(O, dtype=torch.long)
+        if m.affine:
+            new.weight = nn.Parameter(m.weight.detach()[index], requires_grad=m.weight.requires_grad)
+            new.bias = nn.Parameter(m.bias.detach()[index], requires_grad=m.bias.requires_grad)
+        new.running_mean = m.running_mean[index]
+        new.running_var = m.running_var[index]
+        new.num_batches_tracked = m.num_batches_tracked.clone()
         new.eval()
         self.new_layers[str(n.target)] = [str(n.target)]
         self._set(n, self._copy_call(n, x, self.select(x, O), module=new))
@@ -882,18 +933,18 @@ def _removed_layer_names(s: "_Slimmer") -> list[str]:
     return [name for name, m in s.work.named_modules() if isinstance(m, _CONV + (nn.Linear,)) and not s.new_layers.get(name)]
 
 
-def slim_sizes(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int]) -> dict[str, Any]:
-    """Parameters, MACs and removed conv/linear layers of the slim network that export would
-    produce for ``masks`` (the same network, built without its check), with the names of the conv
-    and linear layers it removes: a few milliseconds per
-    candidate once the model has been traced for the candidate's removal pattern."""
+def slim_sizes(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int], *, build: bool = False) -> dict[str, Any]:
+    """Parameters, MACs and removed conv/linear layers (count and names) of the slim network that
+    export would produce for ``masks``, counted without building it (milliseconds once the model has
+    been traced for the candidate's removal pattern); ``build=True`` also builds it (``model``,
+    without the check of :func:`slim_model`)."""
     s = _Slimmer(model, masks, input_shape)
     s.forward_pass()
     s.backward_pass()
-    slim = s.build()
-    gone = _removed_layer_names(s)
-    return {"params": _params(slim), "macs": s.slim_macs(slim), "removed_layers": len(gone), "removed_layer_names": gone,
-            "model": slim.eval()}
+    out = s.sizes()
+    if build:
+        out["model"] = s.build().float().eval()
+    return out
 
 
 def slim_model(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int], *, check: bool = True) -> SlimResult:
@@ -909,14 +960,14 @@ def slim_model(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Seque
     slim = s.build().eval()
 
     # ---- check against the super-network in candidate mode
-    ref_model = copy.deepcopy(model).cpu().eval()
+    ref_model = _cpu_view(model).eval()
     post = Posterior(ref_model)
     post.set_candidate(s.masks)
     err = 0.0
-    if check:
-        x = torch.randn((4,) + s.input_shape, generator=torch.Generator().manual_seed(0))
+    if check:  # in float64: the check is of the transformation, not of float32 rounding
+        x = torch.randn((4,) + s.input_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         with torch.no_grad():
-            want = ref_model(x)
+            want = _cpu_view(ref_model).double()(x)
             got = slim(x)
         flat_w = [t for t in _leaves(want)]
         flat_g = [t for t in _leaves(got)]
@@ -925,9 +976,10 @@ def slim_model(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Seque
                 raise PgnasError(f"slimming check failed: output shape {tuple(b.shape)} != super-network's {tuple(a.shape)}")
             e = float((a - b).abs().max()) if a.numel() else 0.0
             scale = float(a.abs().max()) if a.numel() else 0.0
-            if not e <= 1e-4 * max(scale, 1e-6):
+            if not e <= CHECK_TOLERANCE * max(scale, 1e-6):
                 raise PgnasError(f"slimming check failed: slim model differs from the super-network in candidate mode by {e:.3g} (output scale {scale:.3g})")
             err = max(err, e)
+    slim = slim.float()
 
     # ---- accounting
     cand_macs = count_macs(ref_model, s.input_shape)

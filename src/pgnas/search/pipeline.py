@@ -604,6 +604,9 @@ def _select_and_report(run: Run, run_dir: Path, *, resume: bool, progress: bool,
         finally:
             bar.close()
         scored = {r["index"]: r for r in raced}
+        if latency_of is not None:
+            for r in raced:
+                r["latency_ms"] = latency_of(r["index"])
         for i in excluded:  # over the latency budget: not raced (no score, like a candidate raced out at once)
             scored[i] = {**scorer.record(i, 0, 1), "val_acc": 0.0, "val_seen": 0, "latency_ms": latency_of(i)}
         records = [scored[i] for i in range(cfg.candidates)]

@@ -136,6 +136,7 @@ def correct_counts(model: nn.Module, posterior: Posterior, masks: Sequence[dict]
 
 # ---------------------------------------------------------------------------------- BN re-estimation
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+VAR_FLOOR = 1e-3  # re-estimated BN variance, at least this fraction of the super-network's (see recalibrate_bn)
 
 
 @torch.no_grad()
@@ -143,11 +144,17 @@ def recalibrate_bn(model: nn.Module, posterior: Posterior, masks: dict, data, ba
     """Re-estimate BN running statistics of one candidate (``masks``; None: the mean network) on
     ``batches`` un-augmented training batches of a fixed order (cumulative average), the rest of the
     model in eval mode. The BN layers' momentum is left as it was; the statistics are the
-    candidate's (see :func:`candidate_bn` to have them restored afterwards)."""
+    candidate's (see :func:`candidate_bn` to have them restored afterwards).
+
+    A channel the candidate leaves (nearly) constant would get a variance near 0, and BN would then
+    scale float rounding noise by up to 1/sqrt(eps) (~300): two exact implementations of the same
+    network (the masked super-network, its slim export) would disagree. Each channel's variance is
+    therefore kept at least ``VAR_FLOOR`` x the variance it had before (the super-network's)."""
     from pgnas.data.augment import AugmentSpec
 
     model.eval()
     bns = [m for m in model.modules() if isinstance(m, _BN)]
+    floors = [VAR_FLOOR * m.running_var.detach().clone() for m in bns]
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -166,9 +173,10 @@ def recalibrate_bn(model: nn.Module, posterior: Posterior, masks: dict, data, ba
                 model(x)
     finally:
         posterior.clear_candidate()
-        for m, momentum in zip(bns, momenta):
+        for m, momentum, floor in zip(bns, momenta, floors):
             m.momentum = momentum
             m.eval()
+            torch.maximum(m.running_var, floor, out=m.running_var)
 
 
 @contextlib.contextmanager
@@ -222,9 +230,8 @@ def candidate_sizes(model: nn.Module, posterior: Posterior, masks: dict, input_s
     dropped input channels), the kept channel fraction and layer by layer, the removed layers.
 
     A network the slimmer cannot follow must not lose a search: its ``params`` and ``macs`` are then
-    the kept-slice counts (upper bounds of the slim network's), ``size_error`` says why, and it has
-    no slim network (``slim`` is None). ``costs``: the posterior's ``layer_costs`` (computed when
-    first needed)."""
+    the kept-slice counts (upper bounds of the slim network's) and ``size_error`` says why.
+    ``costs``: the posterior's ``layer_costs`` (computed when first needed)."""
     from pgnas.export.slim import slim_sizes
 
     st = posterior.candidate_stats(masks)
@@ -237,9 +244,9 @@ def candidate_sizes(model: nn.Module, posterior: Posterior, masks: dict, input_s
         c = costs() if costs is not None else posterior.layer_costs(input_shape)
         macs = c["macs"] - sum(c["layers"][name]["macs"] * (1.0 - kept) for name, kept in st["layers"].items())
         return {**out, "params": st["params"], "macs": int(round(macs)), "removed_layers": len(st["removed_ops"]),
-                "removed_layer_names": list(st["removed_ops"]), "size_error": why, "slim": None}
+                "removed_layer_names": list(st["removed_ops"]), "size_error": why}
     return {**out, "params": slim["params"], "macs": slim["macs"], "removed_layers": slim["removed_layers"],
-            "removed_layer_names": slim["removed_layer_names"], "slim": slim["model"]}
+            "removed_layer_names": slim["removed_layer_names"]}
 
 
 def read_candidates(path: Path) -> dict[int, dict]:
@@ -371,8 +378,6 @@ class CandidateScorer:
 
     def _sizes(self, index: int) -> None:
         self._stats[index] = candidate_sizes(self.model, self.posterior, self.masks(index), self.input_shape, self.costs)
-        if not self._may_slim:
-            self._stats[index].pop("slim")  # the masked path will not use it
 
     def _candidate_bn(self, index: int):
         """The candidate's BN statistics (re-estimated with ``bn_recalibrate``) inside the block."""
@@ -394,13 +399,10 @@ class CandidateScorer:
         return self.path == "slim" or self.device.type == "cpu"
 
     def _slim_net(self, index: int) -> nn.Module:
-        """The candidate's slim network, used once (it is not kept: rebuilding costs milliseconds)."""
-        net = self.stats(index).pop("slim", None)
-        if net is None:
-            from pgnas.export.slim import slim_sizes
+        """The candidate's slim network, used once (it is not kept)."""
+        from pgnas.export.slim import slim_sizes
 
-            net = slim_sizes(self.model, self.masks(index), self.input_shape)["model"]
-        return net
+        return slim_sizes(self.model, self.masks(index), self.input_shape, build=True)["model"]
 
     def use_slim(self, index: int) -> bool:
         """Score this candidate through its slim network? ``slim``: always; ``auto``: on a CPU when
@@ -415,12 +417,7 @@ class CandidateScorer:
 
             self._supernet_macs = count_macs(self.model, self.input_shape, device=self.device)
         st = self.stats(index)
-        if "size_error" in st:
-            return False
-        if st["macs"] > SLIM_BELOW * self._supernet_macs:
-            st.pop("slim", None)
-            return False
-        return True
+        return "size_error" not in st and st["macs"] <= SLIM_BELOW * self._supernet_macs
 
     def record(self, index: int, correct: int, seen: int) -> dict:
         st = self.stats(index)

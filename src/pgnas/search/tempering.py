@@ -5,8 +5,8 @@ One common shift moves every layer's drop probability together on the logit scal
 posterior's preferences between layers stay and only the size moves. The shift is aimed at what a
 budget is checked on, the **slim** network's parameters or MACs: the mean slim cost of a fixed set
 of draws (common random numbers: the same uniforms at every shift, so the mean falls monotonically
-as the shift rises) is brought to ``TARGET`` x the budget by bisection. The closed-form kept-slice
-cost (an upper bound of the slim cost) brackets the search.
+as the shift rises) is brought to ``TARGET`` x the budget by a bracketed root search (regula falsi),
+a few evaluations of ``DRAWS`` slim sizes each.
 """
 
 from __future__ import annotations
@@ -15,24 +15,25 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from pgnas.errors import PgnasError
 from pgnas.posterior import Posterior
 
 TARGET = 0.9  # the tempered posterior's mean slim cost, as a fraction of the budget
-DRAWS = 16  # candidates whose mean slim cost stands for the tempered posterior's
+DRAWS = 12  # candidates whose mean slim cost stands for the tempered posterior's
 BN_BATCHES = 8  # BN re-estimation default for candidates of a tempered posterior
-TOLERANCE = 0.01  # bisection stops when the shift is known to this
+TOLERANCE = 0.01  # the search stops when the shift is known to this ...
+ACCEPT = 0.05  # ... or the mean slim cost is within this fraction of the budget below its target
 
 
 class SlimCosts:
     """Mean slim ``params`` and ``macs`` of candidates 0 .. draws-1 of ``seed`` at a given shift
     (each shift's sizes computed once)."""
 
-    def __init__(self, model: nn.Module, posterior: Posterior, input_shape: Sequence[int], seed: int, draws: int = DRAWS,
+    def __init__(self, model: nn.Module, posterior: Posterior, input_shape: Sequence[int], seed: int, draws: int | None = None,
                  sizes: Callable | None = None):
         from pgnas.search.select import candidate_sizes
 
-        self.model, self.posterior, self.input_shape, self.seed, self.draws = model, posterior, tuple(input_shape), seed, draws
+        self.model, self.posterior, self.input_shape, self.seed = model, posterior, tuple(input_shape), seed
+        self.draws = draws or DRAWS
         self._sizes = sizes or (lambda masks: candidate_sizes(model, posterior, masks, self.input_shape, self.layer_costs))
         self._costs: dict | None = None
         self._mean: dict[float, dict[str, float]] = {}
@@ -62,33 +63,46 @@ def tempered_shift(costs: SlimCosts, budgets: dict[str, float | None], shift: fl
     best = shift
     for kind in over:
         target = TARGET * float(budgets[kind])
-        lo, hi = best, _upper_bracket(costs, kind, target, best)
-        if costs.mean(hi)[kind] > target:  # even this shift does not reach it: as far as tempering goes
+        f = lambda x: costs.mean(x)[kind] - target  # noqa: E731
+        lo, hi = _bracket(f, best, costs.posterior.max_shift())
+        if f(hi) > 0:  # even dropping almost everything does not reach it: as far as tempering goes
             best = hi
             continue
-        while hi - lo > TOLERANCE:
-            mid = 0.5 * (lo + hi)
-            if costs.mean(mid)[kind] > target:
-                lo = mid
-            else:
-                hi = mid
-        best = max(best, hi)
+        best = max(best, _root(f, lo, hi, target))
     return best, costs.mean(best), over
 
 
-def _upper_bracket(costs: SlimCosts, kind: str, target: float, lo: float) -> float:
-    """A shift at which the mean slim cost is at most ``target``: the kept-slice cost (an upper
-    bound of the slim cost) meets it there, else the shift that drops almost everything."""
-    post = costs.posterior
-    layer_costs = costs.layer_costs()
-    try:
-        hi = post.shift_for_cost(layer_costs, kind, target)
-    except PgnasError:
-        hi = post.max_shift()
-    hi = max(hi, lo)
-    while costs.mean(hi)[kind] > target and hi < post.max_shift():  # Monte-Carlo noise: widen
-        hi = min(post.max_shift(), hi + 1.0)
+def _root(f: Callable[[float], float], lo: float, hi: float, scale: float) -> float:
+    """A shift in [lo, hi] with ``-ACCEPT * scale <= f <= 0`` (f falls as the shift rises, f(lo) > 0 >= f(hi)):
+    regula falsi with the Illinois step (a handful of evaluations of an expensive, step-shaped f),
+    ending once the bracket is within ``TOLERANCE``."""
+    f_lo, f_hi = f(lo), f(hi)
+    w_lo, w_hi, side = f_lo, f_hi, 0  # the values interpolated (Illinois halves a stale end's)
+    for _ in range(40):
+        if -ACCEPT * scale <= f_hi or hi - lo <= TOLERANCE:
+            return hi
+        mid = hi - w_hi * (hi - lo) / (w_hi - w_lo) if w_lo != w_hi else 0.5 * (lo + hi)
+        mid = min(max(mid, lo + 0.05 * (hi - lo)), hi - 0.05 * (hi - lo))  # the bracket always shrinks
+        f_mid = f(mid)
+        if f_mid > 0:
+            lo, f_lo, w_lo = mid, f_mid, f_mid
+            w_hi = 0.5 * w_hi if side == -1 else w_hi
+            side = -1
+        else:
+            hi, f_hi, w_hi = mid, f_mid, f_mid
+            w_lo = 0.5 * w_lo if side == 1 else w_lo
+            side = 1
     return hi
+
+
+def _bracket(f: Callable[[float], float], lo: float, top: float) -> tuple[float, float]:
+    """[lo, hi] with f(lo) > 0 >= f(hi), growing the step from ``lo`` (1, 2, 4, ... logit units;
+    the shifts a budget needs are a few units) up to ``top``, where f may still be positive."""
+    step, hi = 1.0, min(top, lo + 1.0)
+    while f(hi) > 0 and hi < top:
+        lo, step = hi, 2.0 * step
+        hi = min(top, hi + step)
+    return lo, hi
 
 
 def describe(budgets: dict[str, float | None], over: list[str], before: dict[str, float], after: dict[str, float], shift: float) -> str:
