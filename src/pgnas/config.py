@@ -38,6 +38,7 @@ class SearchConfig:
     tau: float = 0.2
     init_p: float = 0.1
     posterior: str = "learned"  # "learned", or "fixed:P" for the random baseline (Bender et al.)
+    plain_layers: str = ""  # comma-separated layers left without a p (never dropped), besides the super-network's own
     lambda_w: float | None = None  # weight prior l^2; None: the super-network's default
     lambda_p: float = 1.0
     weight_decay: float = 0.0  # pgnas train only (a search has none: the KL term replaces it)
@@ -184,6 +185,10 @@ class SearchConfig:
         8 on a GPU (one candidate's pass leaves the device idle)."""
         return self.eval_tile or (1 if device_type == "cpu" else 8)
 
+    @property
+    def plain_layer_names(self) -> list[str]:
+        return [n.strip() for n in self.plain_layers.split(",") if n.strip()]
+
     def replace(self, **changes: Any) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
 
@@ -206,6 +211,7 @@ FIELD_HELP = {
     "tau": "temperature of the relaxed Bernoulli masks",
     "init_p": "initial drop probability of every p group",
     "posterior": "'learned' (PGNAS), or 'fixed:P' for the random baseline with drop rate P",
+    "plain_layers": "comma-separated layer names left without a p, never dropped (e.g. stem,fc: the image's channels and the classifier's input)",
     "lambda_w": "weight prior l^2 of the KL term (default: the super-network's, the paper's section 3)",
     "lambda_p": "coefficient of the KL term's Bernoulli entropy part",
     "weight_decay": "weight decay (pgnas train only: a search has none, the KL term replaces it)",

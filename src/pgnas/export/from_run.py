@@ -17,7 +17,7 @@ from pgnas.config import SearchConfig
 from pgnas.errors import PgnasError
 from pgnas.export.formats import FORMATS, SUFFIX, model_bytes
 from pgnas.export.slim import SlimResult, slim_model
-from pgnas.posterior import Posterior, instrument
+from pgnas.posterior import Posterior
 from pgnas.search.checkpoint import atomic_write_bytes, load_checkpoint
 from pgnas.search.select import read_candidates
 from pgnas.supernets import get_supernet
@@ -151,12 +151,9 @@ def rebuild_supernet(run_dir: Path, data=None) -> tuple[SearchConfig, nn.Module,
     meta = data_meta(cfg, data)
     spec = get_supernet(cfg.supernet)
     model = spec.build(num_classes=len(meta["classes"]), in_channels=meta["input_shape"][0])
-    posterior = instrument(
-        model,
-        groups=spec.groups(model) if spec.groups else None,
-        exclude=spec.exclude(model) if spec.exclude else (),
-        init_p=cfg.init_p, tau=cfg.tau, fixed_p=cfg.fixed_p,
-    )
+    from pgnas.search.pipeline import instrument_run
+
+    posterior = instrument_run(cfg, spec, model)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:

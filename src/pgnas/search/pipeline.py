@@ -196,20 +196,24 @@ def build_run(cfg: SearchConfig) -> Run:
     torch.manual_seed(cfg.seed)
     shape = f"{data.in_channels}x{data.image_size[0]}x{data.image_size[1]}"
     model = spec.build(num_classes=data.num_classes, in_channels=data.in_channels)
-    posterior = instrument(
-        model,
-        groups=spec.groups(model) if spec.groups else None,
-        exclude=spec.exclude(model) if spec.exclude else (),
-        init_p=cfg.init_p,
-        tau=cfg.tau,
-        fixed_p=cfg.fixed_p,
-    )
+    posterior = instrument_run(cfg, spec, model)
     probe_network(model, (data.in_channels, *data.image_size), f"super-network {cfg.supernet!r}", f"{data.num_classes} classes of {shape} images")
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         data.to(device)
     return Run(cfg, spec, data, model, posterior, augment, device, d, data_seconds)
+
+
+def instrument_run(cfg: SearchConfig, spec, model: nn.Module) -> Posterior:
+    """Instrument a freshly built ``model`` of super-network ``spec`` as ``cfg`` says: the spec's p
+    groups, its plain layers and ``cfg.plain_layers`` without a p, initial or fixed p, temperature."""
+    return instrument(
+        model,
+        groups=spec.groups(model) if spec.groups else None,
+        exclude=[*(spec.exclude(model) if spec.exclude else ()), *cfg.plain_layer_names],
+        init_p=cfg.init_p, tau=cfg.tau, fixed_p=cfg.fixed_p,
+    )
 
 
 def augment_for(cfg: SearchConfig, data):
