@@ -10,9 +10,11 @@ import pytest
 from pgnas.cli import main
 from pgnas.config import SearchConfig, parse_lr_schedule
 from pgnas.errors import PgnasError
-from pgnas.presets import PRESETS, preset_config
+from pgnas.presets import PRESETS
 from pgnas.search.train import scheduled_lr
 from pgnas.supernets import get_supernet
+
+preset_config = SearchConfig.from_preset
 
 
 def test_every_preset_is_a_valid_config_for_a_known_supernet():

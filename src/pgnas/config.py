@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pgnas.errors import PgnasError, did_you_mean
+from pgnas.presets import preset_settings
 
 DEFAULT_SUPERNET = "shake-shake-14-2x16d"
 DEFAULT_DATASET = "digits"
@@ -140,8 +141,6 @@ class SearchConfig:
         """Settings by name; a ``preset`` entry names a preset whose settings come first."""
         data = dict(data)
         if "preset" in data:
-            from pgnas.presets import preset_settings
-
             data = {**preset_settings(str(data.pop("preset"))), **data}
         for old in RETIRED:  # settings of older pgnas versions, still in their results folders
             data.pop(old, None)
@@ -154,6 +153,11 @@ class SearchConfig:
         for key, value in data.items():
             kwargs[key] = _coerce(key, value, known[key], source)
         return cls(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "SearchConfig":
+        """The configuration of preset ``name`` (``pgnas presets``) with ``overrides`` on top."""
+        return cls.from_dict({**preset_settings(name), **overrides}, source=f"preset {name}")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "SearchConfig":

@@ -1,7 +1,8 @@
 """Named configuration presets: the paper's training recipe for each super-network (method
 reference section 3), so that ``pgnas search --preset supnet-m-cifar10`` runs its settings.
 
-Precedence when searching: SearchConfig defaults < preset < ``--config`` file < flags.
+Precedence when searching: SearchConfig defaults < preset < ``--config`` file < flags. This module is
+data only; ``SearchConfig.from_preset(name, **overrides)`` makes a configuration of one.
 
 Choices the paper leaves open, made here (method section 5):
 * the validation split ranks candidates and is carved from training data: 5000 images for CIFAR
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgnas.config import SearchConfig
 from pgnas.errors import PgnasError
 
 _CIFAR = {
@@ -81,8 +81,3 @@ def preset_settings(name: str) -> dict[str, Any]:
 
         raise PgnasError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; known: {', '.join(PRESETS)}")
     return dict(PRESETS[name])
-
-
-def preset_config(name: str, **overrides: Any) -> SearchConfig:
-    """A SearchConfig from preset ``name`` with ``overrides`` on top."""
-    return SearchConfig.from_dict({**preset_settings(name), **overrides}, source=f"preset {name}")

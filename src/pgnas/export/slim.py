@@ -44,7 +44,7 @@ from torch.nn import functional as F
 
 from pgnas.errors import PgnasError
 from pgnas.posterior.instrument import DROPOUT_NAME, Posterior, _apply_dropout
-from pgnas.posterior.removal import zeros_like_output
+from pgnas.supernets.removal import zeros_like_output
 from pgnas.profile import count_macs, layer_macs
 
 CHECK_TOLERANCE = 1e-6  # largest difference allowed, in float64, as a fraction of the output scale

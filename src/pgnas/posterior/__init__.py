@@ -9,7 +9,7 @@ from pgnas.posterior.instrument import (
     count_parameters,
     instrument,
 )
-from pgnas.posterior.groups import find_groups
+from pgnas.supernets.groups import find_groups
 
 __all__ = [
     "ChannelConcreteDropout",

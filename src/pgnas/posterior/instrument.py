@@ -27,18 +27,9 @@ from pgnas.posterior.concrete_dropout import (
     bernoulli_neg_entropy,
     per_input_channel_sq_norm,
 )
-
-DROPOUT_NAME = "pgnas_dropout"
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def is_depthwise(layer: nn.Module) -> bool:
-    return isinstance(layer, _CONV) and layer.groups > 1 and layer.groups == layer.in_channels
-
-
-def instrumentable(layer: nn.Module) -> bool:
-    """Conv1d/2d/3d and Linear layers, except depthwise convolutions."""
-    return (isinstance(layer, _CONV) or isinstance(layer, nn.Linear)) and not is_depthwise(layer)
+from pgnas.supernets.groups import find_groups
+from pgnas.supernets.layers import instrumentable, is_depthwise  # noqa: F401  (is_depthwise: re-exported)
+from pgnas.supernets.removal import DROPOUT_NAME
 
 
 def _apply_dropout(module: nn.Module, args: tuple) -> tuple:
@@ -59,7 +50,7 @@ def instrument(
     Args:
         groups: layer name -> input-channel group sizes, for layers that read a concatenation
             (one p per group). Layers not named get one p. ``"auto"``: found by tracing the model
-            with torch.fx (:func:`pgnas.posterior.groups.find_groups`); a model that cannot be
+            with torch.fx (:func:`pgnas.supernets.groups.find_groups`); a model that cannot be
             traced raises a PgnasError asking for explicit groups.
         init_p: initial drop probability (paper: 0.1).
         tau: concrete temperature (paper: 0.2).
@@ -69,8 +60,6 @@ def instrument(
     if isinstance(groups, str):
         if groups != "auto":
             raise PgnasError(f"instrument: groups must be a mapping, None or 'auto', got {groups!r}")
-        from pgnas.posterior.groups import find_groups
-
         groups = find_groups(model)
     groups = dict(groups or {})
     exclude = set(exclude)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.posterior.removal import alive, removed_everywhere, zero_removed, zeros_like_output
+from pgnas.supernets.removal import alive, removed_everywhere, zero_removed, zeros_like_output
 from pgnas.supernets.registry import SupernetSpec, register
 
 

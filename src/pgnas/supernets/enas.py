@@ -25,7 +25,7 @@ and both classifiers.
 
 Candidate mode: an op whose conv lost every input channel is removed (it adds nothing to its
 node), the paper's operation-level selection; a removed ReLU-conv-BN unit outputs zeros. Removal
-is decided per candidate (``pgnas.posterior.removal``), so K candidates tiled in one pass score
+is decided per candidate (``pgnas.supernets.removal``), so K candidates tiled in one pass score
 exactly as one by one.
 """
 
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.posterior.removal import alive, any_alive, removed_everywhere, zero_removed, zeros_like_output
+from pgnas.supernets.removal import alive, any_alive, removed_everywhere, zero_removed, zeros_like_output
 from pgnas.supernets.registry import SupernetSpec, register
 
 # The arcs of the paper's run scripts (node: x_id x_op y_id y_op).

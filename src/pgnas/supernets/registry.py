@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 from torch import nn
 
 from pgnas.errors import PgnasError
+from pgnas.supernets.groups import auto_groups
 
 Factory = Callable[..., nn.Module]
 
@@ -85,20 +86,6 @@ def get_supernet(name: str) -> SupernetSpec:
 
     names = [s.name for s in list_supernets()]
     raise PgnasError(f"unknown super-network {name!r}{did_you_mean(name, names)}; known: {', '.join(names)}, shake-shake-<6n+2>-2x<w>d, or a module:function factory")
-
-
-def auto_groups(model: nn.Module) -> Mapping[str, Sequence[int]]:
-    """Input groups found by tracing (``find_groups``); a model torch.fx cannot trace gets one p
-    per layer, with a warning (register a SupernetSpec with explicit ``groups`` to do better)."""
-    import warnings
-
-    from pgnas.posterior.groups import find_groups
-
-    try:
-        return find_groups(model)
-    except PgnasError as exc:
-        warnings.warn(f"{exc}; using one p per layer", stacklevel=2)
-        return {}
 
 
 def _import(module_name: str):

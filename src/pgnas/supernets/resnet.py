@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.posterior.removal import alive, removed_everywhere, zero_removed, zeros_like_output
+from pgnas.supernets.removal import alive, removed_everywhere, zero_removed, zeros_like_output
 from pgnas.supernets.registry import SupernetSpec, register
 
 # (kernel, dilation) of the four branches: receptive fields 1, 3, 5 and 9.

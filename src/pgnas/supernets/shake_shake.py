@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pgnas.posterior.removal import alive, removed_everywhere, zero_removed
+from pgnas.supernets.removal import alive, removed_everywhere, zero_removed
 from pgnas.supernets.registry import SupernetSpec, register, register_pattern
 
 

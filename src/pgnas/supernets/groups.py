@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pgnas.errors import PgnasError
-from pgnas.posterior.instrument import instrumentable
+from pgnas.supernets.layers import instrumentable
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PASS_MODULES = (
@@ -151,3 +151,15 @@ def find_groups(model: nn.Module, input_shape: Sequence[int] | None = None) -> d
 
 
 __all__ = ["find_groups"]
+
+
+def auto_groups(model: nn.Module) -> dict:
+    """Input groups found by tracing (:func:`find_groups`); a model torch.fx cannot trace gets one p
+    per layer, with a warning (register a SupernetSpec with explicit ``groups`` to do better)."""
+    import warnings
+
+    try:
+        return find_groups(model)
+    except PgnasError as exc:
+        warnings.warn(f"{exc}; using one p per layer", stacklevel=2)
+        return {}

@@ -1,5 +1,9 @@
 """Operation-level selection in candidate mode: an operation whose conv (or one of whose convs)
-lost every input channel is removed (method section 1.9).
+lost every input channel is removed (method section 1.9). This module is the contract between a
+super-network and the posterior that instruments it: the posterior puts a child module named
+``DROPOUT_NAME`` on every conv/linear layer, and in candidate mode its ``alive`` attribute says per
+candidate whether the layer kept any input channel; a super-network asks :func:`alive` and removes
+its operation.
 
 Removal is decided per candidate. When K candidates share one forward pass (tiles of the batch,
 see :meth:`ChannelConcreteDropout.set_candidate`), an operation removed in some candidates and
@@ -23,8 +27,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from pgnas.posterior.instrument import DROPOUT_NAME
-
+DROPOUT_NAME = "pgnas_dropout"  # the child module of an instrumented layer (pgnas.posterior.instrument)
 Flags = Optional[tuple]
 
 _MASKS: dict[tuple, Tensor] = {}  # (flags, device, dtype) -> (K,) 0/1 tensor, made once per candidate set
