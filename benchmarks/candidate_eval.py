@@ -36,8 +36,10 @@ import torch
 from pgnas.data.splits import stratified_split
 from pgnas.data.tensor_data import TensorBatches
 from pgnas.export.from_run import rebuild_supernet
-from pgnas.search.pipeline import load_run_data
-from pgnas.search.select import CandidateScorer, accuracy, rank
+from pgnas.search.run import load_run_data
+from pgnas.search.scorer import CandidateScorer
+from pgnas.search.scoring import accuracy
+from pgnas.search.ranking import rank
 
 HERE = Path(__file__).resolve().parent
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import pgnas  # noqa: E402
-from pgnas.export.slim import slim_model  # noqa: E402
+from pgnas.slim import slim_model  # noqa: E402
 from pgnas.supernets import get_supernet  # noqa: E402
 
 

@@ -41,8 +41,10 @@ from pgnas.export import evaluate
 from pgnas.export.from_run import data_meta, export_candidate, export_run, rebuild_supernet
 from pgnas.posterior import count_parameters
 from pgnas.presets import preset_settings
-from pgnas.search.pipeline import instrument_run, load_run_data
-from pgnas.search.select import CandidateScorer, candidate_bn, predict_probs, rank, read_candidates
+from pgnas.search.run import instrument_run, load_run_data
+from pgnas.search.scorer import CandidateScorer
+from pgnas.search.scoring import candidate_bn, predict_probs
+from pgnas.search.ranking import rank, read_candidates
 from pgnas.search.tempering import SlimCosts
 from pgnas.supernets import get_supernet
 
@@ -212,7 +214,7 @@ def l1_masks(post, counts: dict[str, int] | None, keep_channels_score: float | N
 
 def l1_arms(cfg, data, plain_dir: Path, pg_run: Path, pg_sel: dict, work: Path, images: int) -> dict:
     """The plainly trained super-network pruned by input-channel L1 norm, to PGNAS's size."""
-    from pgnas.export.slim import slim_sizes
+    from pgnas.slim import slim_sizes
 
     target = pg_sel["params"]
     spec = get_supernet(cfg.supernet)

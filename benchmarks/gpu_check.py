@@ -46,7 +46,8 @@ import pgnas
 from pgnas.config import SearchConfig
 from pgnas.data.augment import AugmentSpec
 from pgnas.data.tensor_data import TensorSplits
-from pgnas.search.select import CandidateScorer, correct_matrix
+from pgnas.search.scorer import CandidateScorer
+from pgnas.search.scoring import correct_matrix
 from pgnas.search.train import PosteriorTrainer
 
 TRAIN_IMAGES = 45_000

@@ -69,7 +69,7 @@ def main() -> None:
                 "val_size": 5000, "eval_batch_size": 2000, "checkpoint_minutes": 0}
         widths, min_epochs = WIDTHS, MIN_EPOCHS
     try:
-        from pgnas.search.pipeline import build_run
+        from pgnas.search.run import build_run
         from pgnas.search.train import PosteriorTrainer
 
         # ---- data and calibration

@@ -28,7 +28,7 @@ import torch
 from pgnas.data import load_dataset
 from pgnas.export.from_run import rebuild_supernet
 from pgnas.posterior.concrete_dropout import logit
-from pgnas.search.select import correct_counts
+from pgnas.search.scoring import correct_counts
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 import pgnas
-from pgnas.search.select import accuracy, rank
+from pgnas.search.scoring import accuracy
+from pgnas.search.ranking import rank
 from pgnas.search.train import PosteriorTrainer
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +36,7 @@ SHARED_CIFAR = HERE.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 def finetune_and_test(result: pgnas.SearchResult, cfg: pgnas.SearchConfig, epochs: int, lr: float) -> float:
     """Fine-tune the selected candidate (hard masks fixed, p fixed) and return its test accuracy."""
-    from pgnas.search.pipeline import build_run
+    from pgnas.search.run import build_run
 
     run = build_run(cfg.replace(out=None))
     model, post, data = result.model, result.posterior, run.data
@@ -68,7 +69,7 @@ def curves_from_runs(work: Path, seeds: list[int], ns: list[int]) -> dict:
 
     from pgnas.data import load_dataset
     from pgnas.export.from_run import rebuild_supernet
-    from pgnas.search.select import read_candidates
+    from pgnas.search.ranking import read_candidates
 
     curves: dict = {"guided": {}, "random": {}}
     data = None
@@ -185,7 +186,7 @@ def main() -> None:
         p_random = round(min(0.9, max(0.02, 1.0 - g.selected["kept_fraction"])), 3)
         r_cfg = pgnas.SearchConfig(**common, seed=seed, posterior=f"fixed:{p_random}", out=str(work / f"random-s{seed}"))
         r = pgnas.search(r_cfg, progress=False, force=True)
-        from pgnas.search.pipeline import build_run
+        from pgnas.search.run import build_run
 
         test_data = build_run(pgnas.SearchConfig.from_toml(g.run_dir / "config.toml")).data
         for name, res in (("guided", g), ("random", r)):  # before fine-tuning: it changes r.model in place

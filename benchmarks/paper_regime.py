@@ -45,11 +45,12 @@ from pathlib import Path
 import torch
 
 import pgnas
-from pgnas.export.slim import slim_model
+from pgnas.slim import slim_model
 from pgnas.posterior import Posterior
 from pgnas.posterior.concrete_dropout import per_input_channel_sq_norm
 from pgnas.presets import preset_settings
-from pgnas.search.select import accuracy, rank
+from pgnas.search.scoring import accuracy
+from pgnas.search.ranking import rank
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -69,7 +70,7 @@ def search(cfg: pgnas.SearchConfig):
         from types import SimpleNamespace
 
         from pgnas.export.from_run import rebuild_supernet
-        from pgnas.search.select import read_candidates
+        from pgnas.search.ranking import read_candidates
 
         saved, model, post, _ = rebuild_supernet(out)
         summary = json.loads((out / "summary.json").read_text())
@@ -162,7 +163,7 @@ def clean_train_accuracy(model_file: Path, data) -> float:
 
 
 def run_seed(base: dict, seed: int, work: Path, device) -> tuple[dict, dict]:
-    from pgnas.search.pipeline import load_run_data
+    from pgnas.search.run import load_run_data
 
     cfg = pgnas.SearchConfig.from_dict({**base, "seed": seed})
     data = load_run_data(cfg)
@@ -296,7 +297,7 @@ def main() -> None:
                                                                          "random_finetuned_test_error", "magnitude_test_error",
                                                                          "plain_test_error", "pgnas_kept_param_fraction")}))
     # the over-parameterisation check at its plainest: no dropout and no weight decay, seed 0
-    from pgnas.search.pipeline import load_run_data
+    from pgnas.search.run import load_run_data
 
     cfg0 = pgnas.SearchConfig.from_dict({**base, "seed": args.seeds[0]})
     cap_dir = work / f"plain-nowd-s{args.seeds[0]}"

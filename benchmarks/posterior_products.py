@@ -30,8 +30,10 @@ import torch
 from pgnas.export.from_run import rebuild_supernet
 from pgnas.posterior.concrete_dropout import logit
 from pgnas.search.calibration import average_probs, calibration_metrics
-from pgnas.search.pipeline import load_run_data
-from pgnas.search.select import CandidateScorer, candidate_bn, predict_probs, rank, read_candidates, within_budget
+from pgnas.search.run import load_run_data
+from pgnas.search.scorer import CandidateScorer
+from pgnas.search.scoring import candidate_bn, predict_probs
+from pgnas.search.ranking import rank, read_candidates, within_budget
 
 HERE = Path(__file__).resolve().parent
 CPU = torch.device("cpu")

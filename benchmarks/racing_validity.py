@@ -30,7 +30,8 @@ from statistics import NormalDist
 import torch
 
 from pgnas.search.distributed import Dist
-from pgnas.search.select import CandidateScorer, rank
+from pgnas.search.scorer import CandidateScorer
+from pgnas.search.ranking import rank
 
 HERE = Path(__file__).resolve().parent
 

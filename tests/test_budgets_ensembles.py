@@ -14,7 +14,7 @@ import pgnas
 from fresh_process import run_without_supernet_code
 from pgnas.export import export_run, load_model
 from pgnas.search.calibration import calibration_metrics
-from pgnas.search.select import pareto_front, within_budget
+from pgnas.search.ranking import pareto_front, within_budget
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_budgets_are_never_exceeded(run, tmp_path):
 
 def test_latency_budget_by_its_measurement(run, tmp_path):
     from pgnas.export.from_run import rebuild_supernet
-    from pgnas.export.latency import network_key
+    from pgnas.slim.latency import network_key
 
     info = export_run(run, max_latency_ms=1e6, out=tmp_path / "l.pt")
     measured = json.loads((run / "latency.json").read_text())
@@ -88,7 +88,7 @@ def test_tempered_sample_re_estimates_bn_unless_told_not_to(run, tmp_path):
     sample re-estimates them by default (without it, digits candidates 25 % below the posterior's
     MACs scored at chance) and records that, so the export uses the same statistics."""
     from pgnas.config import SearchConfig
-    from pgnas.search.pipeline import sample
+    from pgnas.workflow import sample
     from pgnas.search.tempering import BN_BATCHES as TEMPERED_BN_BATCHES
 
     budget = 0.6 * statistics.fmean(r["macs"] for r in _records(run))
@@ -242,7 +242,7 @@ def test_partial_race_scores_never_compete_with_whole_split_scores(run, tmp_path
     split, even when a partial score is higher."""
     import shutil
 
-    from pgnas.search.select import fully_scored, rank
+    from pgnas.search.ranking import fully_scored, rank
 
     recs = [{"index": 0, "val_acc": 1.0, "val_seen": 64, "params": 1}, {"index": 1, "val_acc": 0.5, "val_seen": 288, "params": 1},
             {"index": 2, "val_acc": 0.7, "val_seen": 288, "params": 2}]

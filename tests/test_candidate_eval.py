@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import pgnas
-from pgnas.search.select import CandidateScorer, correct_counts, rank
+from pgnas.search.scorer import CandidateScorer
+from pgnas.search.scoring import correct_counts
+from pgnas.search.ranking import rank
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_racing_drops_clearly_worse_candidates_early_and_keeps_the_winner():
 
 def test_bn_recalibration_estimates_candidate_statistics_and_restores_the_supernet(trained):
     from pgnas.data.augment import AugmentSpec
-    from pgnas.search.select import recalibrate_bn
+    from pgnas.search.scoring import recalibrate_bn
 
     res, data = trained
     model, post = res.model, res.posterior
@@ -142,7 +144,7 @@ def test_bn_recalibrated_network_is_the_one_reported_and_exported(tmp_path):
 
     from pgnas.data import load_dataset
     from pgnas.export import load_model
-    from pgnas.search.select import accuracy, candidate_bn
+    from pgnas.search.scoring import accuracy, candidate_bn
 
     cfg = pgnas.SearchConfig(supernet="shake-shake-8-2x16d", epochs=2, candidates=3, top_k=2, bn_recalibrate=2,
                              out=str(tmp_path / "run"))

@@ -131,7 +131,7 @@ def test_imagenet_search_and_sample_end_to_end(tmp_path, procs):
 
 def test_scoring_streamed_and_decoded_once_agree(tmp_path):
     import pgnas
-    from pgnas.search.select import CandidateScorer
+    from pgnas.search.scorer import CandidateScorer
 
     root = make_ilsvrc(tmp_path / "ilsvrc", per_class=(8, 4))
     d = load_dataset("imagenet", data_dir=str(root), val_size=9, image_size=16, workers=0)

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 import pgnas
 from pgnas.errors import PgnasError
-from pgnas.export.slim import slim_model
+from pgnas.slim import slim_model
 from pgnas.posterior import ChannelConcreteDropout
 from pgnas.supernets import list_supernets
 from pgnas.supernets.shake_shake import ShakeShakeNet

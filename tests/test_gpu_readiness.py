@@ -33,7 +33,7 @@ SMALL_ENAS = f"{__file__}:small_enas"
 
 
 def _trainer(name: str, tmp_path, **cfg):
-    from pgnas.search.pipeline import build_run
+    from pgnas.search.run import build_run
 
     run = build_run(pgnas.SearchConfig(supernet=name, epochs=3, batch_size=16, out=str(tmp_path / "r"), **cfg))
     t = PosteriorTrainer(run.model, run.posterior, run.data, run.cfg, device=run.device, augment=run.augment,
@@ -101,7 +101,7 @@ def test_three_epochs_compile_once(tmp_path):
 def test_finalists_are_rescored_in_fp32_when_scoring_ran_in_bf16(tmp_path, monkeypatch):
     """The GPU path (bf16 scoring) re-scores the top-k without autocast before choosing; on the
     CPU the path runs with equal scores, so only the bookkeeping differs."""
-    import pgnas.search.pipeline as pipeline
+    import pgnas.search.select as pipeline
 
     real = pipeline.scoring_setup
     monkeypatch.setattr(pipeline, "scoring_setup", lambda cfg, dev: {**real(cfg, dev), "precision": "bf16"})

@@ -15,7 +15,8 @@ import torch
 
 import pgnas
 from pgnas.export import export_run, load_model
-from pgnas.search.pipeline import load_run_data, sample
+from pgnas.search.run import load_run_data
+from pgnas.workflow import sample
 from pgnas.supernets import register
 from pgnas.supernets.enas import _spec as enas_spec
 

@@ -12,7 +12,9 @@ import torch
 
 import pgnas
 from pgnas.search.distributed import Dist
-from pgnas.search.select import CandidateScorer, rank, sign_test_critical
+from pgnas.search.scorer import CandidateScorer
+from pgnas.search.ranking import rank
+from pgnas.search.racing import sign_test_critical
 
 
 def test_sign_test_critical_values_are_the_exact_binomial_ones():
@@ -120,7 +122,7 @@ def test_race_under_a_budget_selects_the_exhaustive_winner_within_it(digits_run,
     met failed as if none did, and the front covered the survivors only. Raced and exhaustive
     samples under the same budget (the same tempered posterior) select the same candidate, and the
     raced run's front is the exhaustive one's."""
-    from pgnas.search.pipeline import sample
+    from pgnas.workflow import sample
 
     params = sorted(r["params"] for r in _records(digits_run).values())
     budget = params[5]
@@ -139,10 +141,10 @@ def r_n(records):
 
 def test_race_with_a_latency_budget_leaves_the_slower_candidates_out(digits_run, tmp_path, monkeypatch):
     """A latency budget is measured before racing; candidates over it are not raced (val_seen 0)."""
-    from pgnas.search.pipeline import sample
+    from pgnas.workflow import sample
 
     exact = _records(digits_run)
-    monkeypatch.setattr("pgnas.export.latency.latency_ms", lambda net, shape, device, **kw: sum(p.numel() for p in net.parameters()) / 1000)
+    monkeypatch.setattr("pgnas.search.ranking.latency_ms", lambda net, shape, device, **kw: sum(p.numel() for p in net.parameters()) / 1000)
     limit = sorted(r["params"] for r in exact.values())[10] / 1000
     res = sample(digits_run, candidates=24, out=tmp_path / "lat", race=True, max_latency_ms=limit, progress=False)
     raced = _records(tmp_path / "lat")

@@ -39,7 +39,7 @@ def test_default_search_end_to_end_small_budget(tmp_path, small_config):
         assert set(m["p"]) == set(res.posterior.layers)
     # the selected candidate rebuilt from its index scores the recorded validation accuracy
     from pgnas.data import load_dataset
-    from pgnas.search.select import accuracy
+    from pgnas.search.scoring import accuracy
 
     data = load_dataset("digits")
     res.posterior.set_candidate(res.posterior.sample_candidate(sel["index"], cfg.seed))
@@ -93,7 +93,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_config):
             with torch.no_grad():
                 model.fc.weight.fill_(float("nan"))
 
-    import pgnas.search.pipeline as pipeline
+    import pgnas.search.run as pipeline
 
     original = pipeline.PosteriorTrainer.__init__
 
@@ -134,7 +134,7 @@ def test_embedded_default_reaches_95_percent(tmp_path):
 
 
 def test_default_n_of_the_kl_term():
-    from pgnas.search.pipeline import default_n_data
+    from pgnas.search.run import default_n_data
 
     assert default_n_data("cifar10", 45_000) == 5e5  # the paper's, not 10 x the 45k left after validation
     assert default_n_data("cifar100", 45_000) == 5e5
@@ -145,7 +145,7 @@ def test_default_n_of_the_kl_term():
 
 
 def test_optimizer_holds_the_p_logits_and_applies_no_weight_decay(tmp_path, small_config):
-    from pgnas.search.pipeline import build_run
+    from pgnas.search.run import build_run
     from pgnas.search.train import PosteriorTrainer
 
     run = build_run(small_config(tmp_path))

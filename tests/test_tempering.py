@@ -13,7 +13,8 @@ import torch
 
 import pgnas
 from pgnas.export import export_run, load_model
-from pgnas.search.pipeline import load_run_data, sample
+from pgnas.search.run import load_run_data
+from pgnas.workflow import sample
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_a_search_under_a_budget_below_every_candidate_tempers_and_one_never_met
     assert saved.logit_shift > 0 and saved.bn_recalibrate == 8  # tempered, recorded for resume and export
     assert res.summary["budget_met"] and res.summary["selected"]["params"] <= 0.7 * smallest
     capfd.readouterr()
-    monkeypatch.setattr("pgnas.export.latency.latency_ms", lambda net, shape, device, **kw: 1.0)
+    monkeypatch.setattr("pgnas.search.ranking.latency_ms", lambda net, shape, device, **kw: 1.0)
     res = pgnas.search({**cfg, "max_latency_ms": 0.5, "out": str(tmp_path / "never")}, progress=False)
     err = capfd.readouterr().err
     assert "no candidate runs within 0.5 ms" in err and "selected the best candidate regardless" in err
@@ -131,7 +132,7 @@ def test_tempered_draws_keep_each_channel_with_probability_one_minus_the_tempere
 def test_a_tempered_mean_network_is_the_tempered_posteriors(run, tmp_path):
     """Issue 20.9: the summary's mean network of a tempered sample used the untempered p."""
     from pgnas.export.from_run import rebuild_supernet
-    from pgnas.search.select import accuracy, candidate_bn
+    from pgnas.search.scoring import accuracy, candidate_bn
 
     budget = 0.6 * min(r["macs"] for r in _records(run))
     res = sample(run, candidates=3, out=tmp_path / "t", max_macs=budget, progress=False)
@@ -149,10 +150,10 @@ def test_latencies_belong_to_networks_not_indices(run, tmp_path, monkeypatch):
     """Issue 20.5: latency.json was keyed by device and index only, so after --force with another
     seed or super-network the old latencies were reused."""
     from pgnas.export.from_run import rebuild_supernet
-    from pgnas.export.latency import cached_latency
+    from pgnas.search.ranking import cached_latency
 
     calls = []
-    monkeypatch.setattr("pgnas.export.latency.latency_ms", lambda net, shape, device, **kw: calls.append(1) or float(len(calls)))
+    monkeypatch.setattr("pgnas.search.ranking.latency_ms", lambda net, shape, device, **kw: calls.append(1) or float(len(calls)))
     cfg, model, post, meta = rebuild_supernet(run)
     cpu = torch.device("cpu")
     seed0 = cached_latency(tmp_path, model, lambda i: post.sample_candidate(i, 0), meta["input_shape"], cpu)
@@ -169,7 +170,8 @@ def test_latencies_belong_to_networks_not_indices(run, tmp_path, monkeypatch):
 def test_fp32_finalists_extend_while_a_bf16_score_could_still_win():
     """Issue 20.9: the fp32 re-score of the finalists always ranked them first, even when one fell
     below a candidate bf16 had ranked just after them."""
-    from pgnas.search.select import CandidateScorer, rank
+    from pgnas.search.scorer import CandidateScorer
+    from pgnas.search.ranking import rank
 
     bf16 = {0: 0.90, 1: 0.89, 2: 0.885, 3: 0.80}
     fp32 = {0: 0.90, 1: 0.87, 2: 0.888, 3: 0.80}  # bf16 overrated candidate 1 by 2 points

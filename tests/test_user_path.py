@@ -45,7 +45,7 @@ def test_description_files_of_formats_do_not_collide(run, tmp_path):
 
 
 def test_a_sampled_candidate_exports_from_the_sample_and_from_the_run(run, tmp_path, capsys):
-    from pgnas.search.pipeline import sample
+    from pgnas.workflow import sample
 
     sample(run, candidates=9, out=run / "more", progress=False)
     assert main(["export", str(run / "more"), "--candidate", "8", "--out", str(tmp_path / "s8.pt")]) == 0
@@ -109,7 +109,7 @@ def test_progress_says_the_projected_time(tmp_path, capsys):
 
 
 def test_a_gpu_preset_on_a_cpu_warns_before_it_starts(tmp_path, capsys, monkeypatch):
-    import pgnas.search.pipeline as pipeline
+    import pgnas.workflow as pipeline
 
     monkeypatch.setattr(pipeline, "search", lambda *a, **k: (_ for _ in ()).throw(pgnas.PgnasError("stopped for the test")))
     main(["search", "--preset", "supnet-m-cifar10", "--device", "cpu", "--out", str(tmp_path / "r")])
@@ -173,7 +173,7 @@ def test_sample_reports_as_sample(run, tmp_path, capsys):
 
 
 def test_threads_setting(tmp_path):
-    from pgnas.search.pipeline import set_threads
+    from pgnas.search.run import set_threads
 
     before = torch.get_num_threads()
     try:

@@ -1,25 +1,21 @@
 """pgnas: posterior-guided neural architecture search (Zhou et al., AAAI 2020) for PyTorch.
 
 The pipeline, one sub-package per stage:
-``data`` -> ``supernets`` -> ``posterior`` -> ``search`` (train, sample, select) -> ``export`` -> ``report``.
+``data`` -> ``supernets`` -> ``posterior`` -> ``slim`` -> ``search`` (train, sample, select) -> ``export``
+-> ``retrain`` -> ``report``; ``workflow`` chains them (the CLI and ``pgnas.search()``).
 """
 
 from pgnas.config import SearchConfig
 from pgnas.errors import PgnasError
 from pgnas.posterior import Posterior, instrument
-from pgnas import search  # a callable package: pgnas.search(config) runs a search
+from pgnas import search  # the search stage; pgnas.workflow makes it callable: pgnas.search(config)
 from pgnas.search import SearchResult, resume_config
+from pgnas.workflow import resume, sample
 from pgnas.supernets import get_supernet, list_supernets, register
 from pgnas.export.formats import load_model
 from pgnas.retrain import train
 
 __version__ = "0.1.0"
-
-
-def resume(run_dir, **overrides) -> SearchResult:
-    """Continue the search in ``run_dir`` from its last checkpoint (``pgnas search --resume``)."""
-    progress = overrides.pop("progress", True)
-    return search(resume_config(run_dir, overrides), resume=True, progress=progress)
 
 
 __all__ = [
@@ -33,6 +29,7 @@ __all__ = [
     "list_supernets",
     "register",
     "resume",
+    "sample",
     "search",
     "train",
 ]

@@ -185,7 +185,7 @@ def _version() -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     import pgnas
     from pgnas.report import format_summary
-    from pgnas.search.pipeline import resume_config
+    from pgnas.search.run import resume_config
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if getattr(args, f.name) is not None}
     if args.resume:
@@ -216,7 +216,7 @@ def _warn_gpu_preset(preset: str | None, cfg: SearchConfig) -> None:
     """A preset sized for GPUs started on a CPU says so before it starts (the projection after 20
     steps then says how long it would take)."""
     from pgnas.presets import HARDWARE
-    from pgnas.search.pipeline import resolve_device
+    from pgnas.search.run import resolve_device
 
     if preset and "GPU" in HARDWARE.get(preset, "") and resolve_device(cfg.device).type == "cpu":
         print(f"pgnas search: warning: preset {preset} needs {HARDWARE[preset]}; this machine has no GPU, so it will take "
@@ -225,7 +225,7 @@ def _warn_gpu_preset(preset: str | None, cfg: SearchConfig) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from pgnas.report import format_summary
-    from pgnas.search.pipeline import sample
+    from pgnas.workflow import sample
 
     keys = SAMPLE_KEYS
     result = sample(

@@ -15,11 +15,14 @@ from torch import nn
 
 from pgnas.config import SearchConfig
 from pgnas.errors import PgnasError
-from pgnas.export.formats import FORMATS, SUFFIX, model_bytes
-from pgnas.export.slim import SlimResult, slim_model
+from pgnas.export.ensemble import ensemble_graph
+from pgnas.export.formats import FORMATS, SUFFIX, graph_spec, model_bytes
+from pgnas.slim import SlimResult, slim_model
 from pgnas.posterior import Posterior
 from pgnas.search.checkpoint import atomic_write_bytes, load_checkpoint
-from pgnas.search.select import read_candidates
+from pgnas.search.ranking import cached_latency, fully_scored, rank, read_candidates, within_budget
+from pgnas.search.run import instrument_run, load_run_data
+from pgnas.search.scoring import candidate_bn
 from pgnas.supernets import get_supernet
 
 DESCRIPTION_FORMAT = "pgnas-slim-description"
@@ -145,14 +148,10 @@ def rebuild_supernet(run_dir: Path, data=None) -> tuple[SearchConfig, nn.Module,
     state = load_checkpoint(run_dir / "checkpoint.pt")
     cfg = run_config(run_dir, state)
     if data is None:
-        from pgnas.search.pipeline import load_run_data
-
         data = load_run_data(cfg)
     meta = data_meta(cfg, data)
     spec = get_supernet(cfg.supernet)
     model = spec.build(num_classes=len(meta["classes"]), in_channels=meta["input_shape"][0])
-    from pgnas.search.pipeline import instrument_run
-
     posterior = instrument_run(cfg, spec, model)
     try:
         model.load_state_dict(state["model"])
@@ -201,8 +200,6 @@ def _outputs(out: Path, description_out: Path | None, fmt: str, force: bool) -> 
 def _slim(model: nn.Module, masks: Mapping[str, torch.Tensor], meta: dict[str, Any], bn_statistics) -> SlimResult:
     """The slim network of ``masks``; ``bn_statistics`` (data, batches, batch size): with the
     candidate's BN statistics re-estimated first, as the search did when it scored it."""
-    from pgnas.search.select import candidate_bn
-
     data, batches, batch_size = bn_statistics or (None, 0, 0)
     device = next(model.parameters()).device
     with candidate_bn(model, Posterior(model), masks, data, batches, batch_size, device):
@@ -245,8 +242,6 @@ def export_candidate(
     description = {**_description_head(meta, out, fmt), **result.describe()}
     content = model_bytes(result.model, fmt, {k: v for k, v in description.items() if k != "layers"}, _example(meta))
     if fmt == "pt":
-        from pgnas.export.formats import graph_spec
-
         description["graph"] = graph_spec(result.model)
     _write(out, desc_out, content, description)
     return result, description
@@ -265,8 +260,6 @@ def export_ensemble(
 ) -> dict[str, Any]:
     """Slim every member (index, masks) and write one model averaging their softmax outputs (its
     output is the log of the averaged probabilities) plus its JSON description."""
-    from pgnas.export.ensemble import ensemble_graph
-
     out, desc_out = _outputs(out, description_out, fmt, force)
     slims = [_slim(model, masks, meta, bn_statistics) for _, masks in members]
     gm = ensemble_graph([r.model for r in slims])
@@ -283,6 +276,7 @@ def export_ensemble(
     return description
 
 
+# long: the public signature (18 settings) and its docstring take half of it; the body is 45 lines
 def export_run(
     run_dir: str | Path,
     candidate: str | int = "best",
@@ -320,35 +314,20 @@ def export_run(
     """
     budgets = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
     budgeted = any(v is not None for v in budgets.values())
-    index, scored_cfg = None, None
     try:
         run_dir = Path(run_dir)
-        if ensemble_from not in ("top", "posterior"):
-            raise PgnasError(f"--ensemble-from must be top or posterior, got {ensemble_from!r}")
-        if ensemble < 0 or (ensemble and ensemble_from == "top" and candidate not in (None, "best")):
-            raise PgnasError("--ensemble K takes the top K candidates (or K posterior draws); do not also give --candidate")
-        if budgeted and candidate not in (None, "best"):
-            raise PgnasError("give either --candidate or a budget (--max-params, --max-macs, --max-latency-ms), not both")
+        _check_request(candidate, budgeted, ensemble, ensemble_from)
+        index, scored_cfg = None, None
         if model is None or config is None:
             if not run_dir.is_dir():
                 raise PgnasError(f"no results folder at {run_dir}")
             config = run_config(run_dir)
-            source = weights_run(run_dir)
-            state = load_checkpoint(source / "checkpoint.pt")
-            trained = run_config(source).epochs
-            if state.get("epoch") != trained and not allow_unfinished:
-                raise PgnasError(f"{source}: training stopped after epoch {state.get('epoch')} of {trained}; finish it with "
-                                 f"pgnas search --out {source} --resume, or pass --allow-unfinished to export these weights")
+            source = _trained(run_dir, allow_unfinished)
             if not budgeted and not ensemble:
                 index, selected, scored_cfg = _resolve_candidate(run_dir, candidate, config, selected)
-                if out is None and selected and not force:
-                    done = _existing_export(run_dir, index, fmt)
-                    if done is not None:
-                        return done
-            if data is None:
-                from pgnas.search.pipeline import load_run_data
-
-                data = load_run_data(config)
+                if out is None and selected and not force and (done := _existing_export(run_dir, index, fmt)) is not None:
+                    return done
+            data = data if data is not None else load_run_data(config)
             _, model, posterior, dmeta = rebuild_supernet(source, data)
         else:
             dmeta = data_meta(config, data)
@@ -360,33 +339,9 @@ def export_run(
         bn = (data, scored_cfg.bn_recalibrate, scored_cfg.batch_size) if scored_cfg.bn_recalibrate else None
         ranked = None
         if budgeted or (ensemble and ensemble_from == "top"):
-            from pgnas.search.select import fully_scored, rank, within_budget
-
-            records = list(read_candidates(run_dir / "candidates.jsonl").values())
-            if not records:
-                raise PgnasError(f"{run_dir} has no scored candidates (candidates.jsonl)")
-            if any("macs" not in r for r in records):
-                raise PgnasError(f"{run_dir}'s candidates were scored by an older pgnas without slim sizes; re-score them with "
-                                 f"pgnas sample {run_dir} --candidates {len(records)}")
-            ranked = fully_scored(rank(records))
-            latency_of = None
-            if max_latency_ms is not None:
-                from pgnas.export.latency import cached_latency
-
-                latency_of = cached_latency(run_dir, model, draw, dmeta["input_shape"], next(model.parameters()).device)
-            ranked = within_budget(ranked, **budgets, latency_of=latency_of, need=max(1, ensemble))
+            ranked = _within_budgets(run_dir, budgets, max(1, ensemble), model, draw, dmeta["input_shape"])
         if ensemble:
-            if ensemble_from == "top":
-                members = [r["index"] for r in ranked[:ensemble]]
-            else:  # fresh draws: candidate indices no search of this seed has used
-                members = list(range(config.candidates, config.candidates + ensemble))
-            stem = f"model-ensemble{ensemble}-{ensemble_from}"
-            out_path = Path(out) if out is not None else run_dir / f"{stem}{SUFFIX[fmt]}"
-            meta = {"supernet": config.supernet, "run": str(run_dir), "candidates": members, "ensemble_from": ensemble_from, **dmeta}
-            desc = export_ensemble(model, [(i, draw(i)) for i in members], meta, out_path, fmt=fmt, force=force, bn_statistics=bn)
-            return {"model": str(out_path), "description": str(description_path(out_path)), "ensemble": members,
-                    "params": desc["params"], "macs": desc["macs"], "supernet_params": desc["supernet_params"],
-                    "supernet_macs": desc["supernet_macs"]}
+            return _export_ensemble(run_dir, config, ranked, ensemble, ensemble_from, model, draw, dmeta, out, fmt, force, bn)
         if ranked is not None:
             index, selected = ranked[0]["index"], False
         meta = {"supernet": config.supernet, "run": str(run_dir), "candidate": index, "selected": selected,
@@ -394,26 +349,62 @@ def export_run(
                 **({"bn_recalibrate": scored_cfg.bn_recalibrate} if scored_cfg.bn_recalibrate else {}), **dmeta}
         if budgeted:
             meta["budget"] = {k: v for k, v in budgets.items() if v is not None}
-        if out is None:
-            out_path, desc_path = default_paths(run_dir, index, fmt, selected)
-        else:
-            out_path = Path(out)
-            desc_path = description_path(out_path)
-        result, _ = export_candidate(model, draw(index), meta, out_path, fmt=fmt, description_out=desc_path, force=force, bn_statistics=bn)
+        out_path = Path(out) if out is not None else default_paths(run_dir, index, fmt, selected)[0]
+        result, _ = export_candidate(model, draw(index), meta, out_path, fmt=fmt, description_out=description_path(out_path),
+                                     force=force, bn_statistics=bn)
     except Exception as exc:  # noqa: BLE001  (a finished search must not be lost to an export problem)
         if on_error != "warn":
             raise
         what = str(exc) if isinstance(exc, PgnasError) else f"{type(exc).__name__}: {exc} (a pgnas bug, please report it)"
         print(f"pgnas: warning: the selected model was not exported: {' '.join(what.split())}", file=sys.stderr)
         return None
-    return {
-        "model": str(out_path),
-        "description": str(desc_path),
-        "candidate": index,
-        "params": result.params,
-        "macs": result.macs,
-        "supernet_params": result.supernet_params,
-        "supernet_macs": result.supernet_macs,
-        "candidate_params_kept_slices": result.candidate_params,
-        "removed_layers": result.removed_layers,
-    }
+    return {"model": str(out_path), "description": str(description_path(out_path)), "candidate": index, "params": result.params,
+            "macs": result.macs, "supernet_params": result.supernet_params, "supernet_macs": result.supernet_macs,
+            "candidate_params_kept_slices": result.candidate_params, "removed_layers": result.removed_layers}
+
+
+def _check_request(candidate, budgeted: bool, ensemble: int, ensemble_from: str) -> None:
+    if ensemble_from not in ("top", "posterior"):
+        raise PgnasError(f"--ensemble-from must be top or posterior, got {ensemble_from!r}")
+    if ensemble < 0 or (ensemble and ensemble_from == "top" and candidate not in (None, "best")):
+        raise PgnasError("--ensemble K takes the top K candidates (or K posterior draws); do not also give --candidate")
+    if budgeted and candidate not in (None, "best"):
+        raise PgnasError("give either --candidate or a budget (--max-params, --max-macs, --max-latency-ms), not both")
+
+
+def _trained(run_dir: Path, allow_unfinished: bool) -> Path:
+    """The folder whose checkpoint holds the weights, refused if its training did not finish."""
+    source = weights_run(run_dir)
+    state = load_checkpoint(source / "checkpoint.pt")
+    trained = run_config(source).epochs
+    if state.get("epoch") != trained and not allow_unfinished:
+        raise PgnasError(f"{source}: training stopped after epoch {state.get('epoch')} of {trained}; finish it with "
+                         f"pgnas search --out {source} --resume, or pass --allow-unfinished to export these weights")
+    return source
+
+
+def _within_budgets(run_dir: Path, budgets: dict, need: int, model: nn.Module, draw, input_shape) -> list[dict]:
+    """The candidates scored in ``run_dir`` within every budget, best first (no re-scoring)."""
+    records = list(read_candidates(run_dir / "candidates.jsonl").values())
+    if not records:
+        raise PgnasError(f"{run_dir} has no scored candidates (candidates.jsonl)")
+    if any("macs" not in r for r in records):
+        raise PgnasError(f"{run_dir}'s candidates were scored by an older pgnas without slim sizes; re-score them with "
+                         f"pgnas sample {run_dir} --candidates {len(records)}")
+    latency_of = None
+    if budgets["max_latency_ms"] is not None:
+        latency_of = cached_latency(run_dir, model, draw, input_shape, next(model.parameters()).device)
+    return within_budget(fully_scored(rank(records)), **budgets, latency_of=latency_of, need=need)
+
+
+def _export_ensemble(run_dir: Path, config: SearchConfig, ranked, k: int, ensemble_from: str, model: nn.Module, draw,
+                     dmeta: dict, out, fmt: str, force: bool, bn) -> dict[str, Any]:
+    if ensemble_from == "top":
+        members = [r["index"] for r in ranked[:k]]
+    else:  # fresh draws: candidate indices no search of this seed has used
+        members = list(range(config.candidates, config.candidates + k))
+    out_path = Path(out) if out is not None else run_dir / f"model-ensemble{k}-{ensemble_from}{SUFFIX[fmt]}"
+    meta = {"supernet": config.supernet, "run": str(run_dir), "candidates": members, "ensemble_from": ensemble_from, **dmeta}
+    desc = export_ensemble(model, [(i, draw(i)) for i in members], meta, out_path, fmt=fmt, force=force, bn_statistics=bn)
+    return {"model": str(out_path), "description": str(description_path(out_path)), "ensemble": members, "params": desc["params"],
+            "macs": desc["macs"], "supernet_params": desc["supernet_params"], "supernet_macs": desc["supernet_macs"]}

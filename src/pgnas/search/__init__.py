@@ -1,20 +1,13 @@
-"""Stage 3 of the pipeline: train the posterior, sample candidates, select the best.
+"""Stage 5 of the pipeline: train the posterior (``run``, ``train``, ``epochs``), draw, score and
+rank candidates (``scoring``, ``scorer``, ``racing``, ``ranking``, ``tempering``, ``select``),
+report them on the test split (``evaluation``, ``calibration``) and write the results
+(``results``). ``checkpoint``, ``distributed``, ``signals`` and ``console`` serve them all.
 
-This package is itself callable: ``pgnas.search(config)`` runs a search (the Python twin of
-``pgnas search``), while ``pgnas.search.pipeline``, ``.train``, ``.select`` remain importable.
+The stages are chained by :mod:`pgnas.workflow`, which also makes this package callable:
+``pgnas.search(config)`` runs a search (the Python twin of ``pgnas search``).
 """
 
-import sys
-import types
+from pgnas.search.results import SearchResult
+from pgnas.search.run import resume_config
 
-from pgnas.search.pipeline import SearchResult, resume_config, search
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, config=None, **kwargs) -> SearchResult:
-        return search(config, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-__all__ = ["SearchResult", "resume_config", "search"]
+__all__ = ["SearchResult", "resume_config"]

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 from torch import nn
 
 from pgnas.posterior import Posterior
+from pgnas.search.console import log
+from pgnas.search.scoring import candidate_sizes
 
 TARGET = 0.9  # the tempered posterior's mean slim cost, as a fraction of the budget
 DRAWS = 12  # candidates whose mean slim cost stands for the tempered posterior's
@@ -30,8 +32,6 @@ class SlimCosts:
 
     def __init__(self, model: nn.Module, posterior: Posterior, input_shape: Sequence[int], seed: int, draws: int | None = None,
                  sizes: Callable | None = None):
-        from pgnas.search.select import candidate_sizes
-
         self.model, self.posterior, self.input_shape, self.seed = model, posterior, tuple(input_shape), seed
         self.draws = draws or DRAWS
         self._sizes = sizes or (lambda masks: candidate_sizes(model, posterior, masks, self.input_shape, self.layer_costs))
@@ -109,3 +109,26 @@ def describe(budgets: dict[str, float | None], over: list[str], before: dict[str
     what = ", ".join(f"{k} {before[k]:.4g} > budget {budgets[k]:.4g}" for k in over)
     return (f"the posterior's candidates average {what} (slim networks): drawing from the tempered posterior "
             f"sigmoid(logit p + {shift:.3f}) instead (average slim params {after['params']:.4g}, MACs {after['macs']:.4g})")
+
+
+def temper(run, say: bool) -> None:
+    """Budget-aware sampling: when the candidates' mean slim cost exceeds ``max_params`` or
+    ``max_macs``, draw from the tempered posterior whose mean slim cost is 90 % of the budget
+    (``logit_shift``, :mod:`pgnas.search.tempering`). Tempered candidates keep fewer channels than
+    the super-network's BN statistics were estimated with, so unless ``bn_recalibrate`` was given
+    they get theirs re-estimated (``BN_BATCHES``)."""
+    cfg = run.cfg
+    budgets = {"params": cfg.max_params, "macs": cfg.max_macs}
+    if any(budgets.values()):
+        costs = SlimCosts(run.model, run.posterior, (run.data.in_channels, *run.data.image_size), cfg.seed)
+        shift, after, over = tempered_shift(costs, budgets, cfg.logit_shift)
+        if over:
+            if say:
+                log(describe(budgets, over, costs.mean(cfg.logit_shift), after, shift))
+            run.cfg = cfg = cfg.replace(logit_shift=shift)
+    if cfg.bn_recalibrate is None:  # resolved: the paper's none, or re-estimation for a tempered posterior
+        run.cfg = cfg.replace(bn_recalibrate=BN_BATCHES if cfg.logit_shift else 0)
+        if cfg.logit_shift and say:
+            log(f"tempered candidates get their BN statistics re-estimated from {BN_BATCHES} training batches "
+                f"(--bn-recalibrate 0 turns it off)")
+

@@ -14,6 +14,11 @@ of the block's concatenation; the 3x3 conv one p. The stem conv and the classifi
 
 Candidate mode: a dense layer whose 1x1 or 3x3 conv lost every input channel is removed (it adds
 32 zero channels), the paper's operation-level selection, decided per candidate.
+
+Slimming (``pgnas.slim``): a removed layer's zeros are one ``zeros_like_output`` leaf, so its 32
+channels are known constants in the concatenation every later layer reads; a layer that reads a
+group whose channels are all dropped or constant loses that group's kernel slices, so the slim
+network keeps only the dense connections the candidate keeps.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ Candidate mode: an op whose conv lost every input channel is removed (it adds no
 node), the paper's operation-level selection; a removed ReLU-conv-BN unit outputs zeros. Removal
 is decided per candidate (``pgnas.supernets.removal``), so K candidates tiled in one pass score
 exactly as one by one.
+
+Slimming (``pgnas.slim``): a removed op returns None and is left out of its node's sum while
+tracing; a removed ReLU-conv-BN unit, a factorized reduction with both convs removed and a node
+whose two ops are removed are ``zeros_like_output`` leaves (known constant channels), so every
+cell's concatenation of unread nodes is followed channel by channel.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def zeros_like_output(x: Tensor, channels: int, stride: int = 1) -> Tensor:
     """Zeros standing for a removed operation's output: the batch of ``x``, ``channels`` channels,
     its spatial size divided by ``stride`` (rounded up, as a 'same'-padded strided conv does).
 
-    Slimming traces it as one leaf node (``pgnas.export.slim``) and knows its output is the
+    Slimming traces it as one leaf node (``pgnas.slim``) and knows its output is the
     constant 0 on every channel, so a removed operation never has to be traced into."""
     spatial = tuple((s - 1) // stride + 1 for s in x.shape[2:])
     return x.new_zeros((x.shape[0], channels) + spatial)

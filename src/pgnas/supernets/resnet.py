@@ -10,6 +10,11 @@ groups, each its own conv and so its own p. Every conv and the classifier carry 
 
 Candidate mode: a branch whose conv lost every input channel is removed (its quarter of the
 channels is zero), the paper's operation-level selection, decided per candidate.
+
+Slimming (``pgnas.slim``): a removed branch's zeros are one ``zeros_like_output`` leaf (at the
+branch's stride), constant channels of the concatenation that the next 1x1 conv folds away; a
+bottleneck whose every branch is removed leaves its shortcut (plus the constant its last BN makes
+of zeros).
 """
 
 from __future__ import annotations

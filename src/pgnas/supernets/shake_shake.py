@@ -9,6 +9,11 @@ global average pooling and a linear classifier. Every conv and the classifier ca
 
 Candidate mode removes a whole branch when one of its convolutions has lost every input
 channel (the paper's operation-level selection).
+
+Slimming (``pgnas.slim``): the removal is Python control flow in ``ShakeBlock.forward``, resolved
+while tracing in candidate mode, so a removed branch is simply absent from the slim network's
+graph; a block with both branches removed is its skip connection; each branch's mix is 0.5 in
+eval mode (a constant multiplication the slimmer follows channel by channel).
 """
 
 from __future__ import annotations

@@ -1,19 +1,16 @@
-"""Batch-1 latency of a candidate's slim network on the current device: what a latency budget
-is measured with. Median of repeated runs after warm-up; cached in the run folder."""
+"""Batch-1 latency of a candidate's slim network on the current device: what a latency budget is
+measured with (median of repeated runs after warm-up), and the digest of what determines the
+network (``network_key``), under which the search caches it (``pgnas.search.ranking``)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import statistics
 import time
-from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-
-from pgnas.export.slim import slim_model
 
 
 def latency_ms(net: nn.Module, input_shape: Sequence[int], device: torch.device, *, repeats: int = 30, warmup: int = 5) -> float:
@@ -52,35 +49,3 @@ def network_key(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequ
         h.update(f"|{name}:{m.numel()}:".encode())
         h.update(bytes(m.to(torch.uint8).tolist()))
     return h.hexdigest()[:20]
-
-
-def cached_latency(run_dir: Path | None, model: nn.Module, masks_of: Callable[[int], Mapping[str, Tensor]],
-                   input_shape: Sequence[int], device: torch.device) -> Callable[[int], float]:
-    """``latency_of(index)``: measured once per network and device, kept in ``latency.json`` keyed by
-    the device and :func:`network_key` (never by the index alone: another seed, tempering or
-    super-network draws other networks under the same indices)."""
-    path = Path(run_dir) / "latency.json" if run_dir is not None else None
-    cache: dict = {}
-    if path is not None and path.is_file():
-        try:
-            cache = json.loads(path.read_text())
-        except ValueError:
-            cache = {}
-    mine = cache.setdefault(device_name(device), {})
-    known: dict[int, float] = {}
-
-    def latency_of(index: int) -> float:
-        if index not in known:
-            masks = masks_of(index)
-            key = network_key(model, masks, input_shape)
-            if key not in mine:
-                slim = slim_model(model, masks, input_shape, check=False).model
-                mine[key] = latency_ms(slim, input_shape, device)
-                if path is not None:
-                    from pgnas.search.checkpoint import atomic_write_text
-
-                    atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
-            known[index] = mine[key]
-        return known[index]
-
-    return latency_of
