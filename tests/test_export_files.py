@@ -87,7 +87,7 @@ def test_torchscript_round_trip_with_torch_only(run, tmp_path):
         "import torch, json\n"
         f"extra = {{'pgnas_meta.json': ''}}\n"
         f"m = torch.jit.load({str(out)!r}, _extra_files=extra)\n"
-        f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})\n"
+        f"torch.save(m.net(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})\n"  # the network inside
         "assert json.loads(extra['pgnas_meta.json'])['candidate'] == 1\n"
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -100,10 +100,42 @@ def test_onnx_matches_pytorch(run, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"
     export_run(run, 2, fmt="onnx", out=out)  # raises if onnxruntime disagrees with PyTorch
-    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    pixels = torch.randint(0, 256, (4, 1, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     model = load_model(out)
     assert model.format == "onnx"
-    assert _close(model.net(x), _reference(run, 2, x))
+    assert _close(model(pixels), _reference(run, 2, model.transform(pixels)))  # the graph takes pixels, normalises them
+
+
+@pytest.mark.parametrize("fmt", ["pt", "torchscript", "onnx"])
+def test_every_format_takes_the_same_images_and_scores_what_evaluate_says(run, tmp_path, fmt):
+    """Issue 22.1: TorchScript and ONNX files silently wanted normalised input (uint8 raised, [0, 1]
+    floats scored 0.334 on digits). Every format takes uint8 pixels or [0, 1] floats, with only its
+    own runtime, on the real test images; floats outside [0, 1] are refused."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    path = tmp_path / {"pt": "m.pt", "torchscript": "m.torchscript.pt", "onnx": "m.onnx"}[fmt]
+    export_run(run, 1, fmt=fmt, out=path)
+    data = load_dataset("digits")
+    pixels, labels = data.test_x, data.test_y
+    want = pgnas.export.evaluate(export_run(run, 1, out=tmp_path / "ref.pt")["model"])["accuracy"]
+    if fmt == "torchscript":
+        m = torch.jit.load(str(path))
+        runs = [m(pixels), m(pixels.float() / 255)]
+        with pytest.raises(Exception, match=r"\[0, 1\]"):
+            m(pixels.float())
+    elif fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs = [torch.from_numpy(session.run(None, {"input": pixels.numpy()})[0])]
+    else:
+        runs = []
+    m = load_model(path)  # pgnas's loader: both kinds of input for every format
+    runs += [m(pixels), m(pixels.float() / 255)]
+    with pytest.raises(pgnas.PgnasError, match=r"must be in \[0, 1\]"):
+        m(pixels.float())
+    for logits in runs:
+        assert float((logits.argmax(1) == labels).double().mean()) == pytest.approx(want, abs=1e-12)
 
 
 def test_cli_export_candidate_and_evaluate(run, tmp_path, capsys):

@@ -37,7 +37,7 @@ SKIP = [
     (r"mypackage\.models", "stands for the user's own module"),
     (r"gpu_all\.sh", "run by tests/test_gpu_readiness.py::test_gpu_all_runs_every_stage_on_the_cpu"),
     (r"benchmarks/(?!.*--quick)", "a benchmark: minutes to hours (its numbers are in benchmarks/RESULTS.md)"),
-    (r"--format onnx", None if _has("onnx") and _has("onnxruntime") else "needs the optional onnx extra"),
+    (r"--format onnx|import onnxruntime", None if _has("onnx") and _has("onnxruntime") else "needs the optional onnx extra"),
 ]
 
 
@@ -94,6 +94,10 @@ def test_every_readme_command_and_snippet_runs(tmp_path):
                 continue
             proc = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         else:
+            reason = skip_reason(text)
+            if reason:
+                skipped.append((line, reason))
+                continue
             script = tmp_path / f"readme_snippet_{n}.py"
             script.write_text(text)
             proc = subprocess.run([sys.executable, script.name], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

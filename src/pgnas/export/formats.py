@@ -22,7 +22,7 @@ import operator
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
@@ -190,6 +190,40 @@ def model_bytes(gm: fx.GraphModule, fmt: str, meta: dict[str, Any], example: Ten
         return _model_bytes(gm, fmt, meta, example)
 
 
+class Deployed(nn.Module):
+    """A network with its input handling inside: what the TorchScript and ONNX files hold, so they
+    take the same images as :class:`ExportedModel` with nothing but torch or onnxruntime. uint8
+    pixels (0-255) are divided by 255; float images must be in [0, 1] (anything else raises: a
+    0-255 float batch would silently score far worse); then the stored mean and std normalise
+    them, and ``net`` runs."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        else:
+            x = x.float()
+            if bool((x.min() < 0.0) | (x.max() > 1.0)):
+                raise ValueError("float images must be in [0, 1] (divide 0-255 pixels by 255, or pass uint8)")
+        return self.net((x - self.mean) / self.std)
+
+
+class _OnnxDeployed(Deployed):
+    """The ONNX graph's input handling: ONNX inputs have one type, and images decode to uint8, so the
+    ONNX file takes uint8 pixels (``pgnas.load_model`` converts [0, 1] floats for it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x.float() / 255.0 - self.mean) / self.std)
+
+
+INPUT_CONTRACT = 2  # meta["input_contract"]: 2 = the TorchScript/ONNX graph normalises its own input
+
+
 def _model_bytes(gm: fx.GraphModule, fmt: str, meta: dict[str, Any], example: Tensor) -> bytes:
     buf = io.BytesIO()
     if fmt == "pt":
@@ -203,12 +237,13 @@ def _model_bytes(gm: fx.GraphModule, fmt: str, meta: dict[str, Any], example: Te
         torch.save(payload, buf)
     elif fmt == "torchscript":
         try:
-            scripted = torch.jit.script(gm)
+            net = torch.jit.script(gm)
         except Exception:  # fall back to tracing: the graph has no data-dependent control flow
-            scripted = torch.jit.trace(gm, example, check_trace=False)
-        torch.jit.save(scripted, buf, _extra_files={META_FILE: json.dumps(meta)})
+            net = torch.jit.trace(gm, example, check_trace=False)
+        scripted = torch.jit.script(Deployed(net, meta["mean"], meta["std"]).eval())
+        torch.jit.save(scripted, buf, _extra_files={META_FILE: json.dumps({**meta, "input_contract": INPUT_CONTRACT})})
     elif fmt == "onnx":
-        buf = io.BytesIO(_onnx_bytes(gm, meta, example))
+        buf = io.BytesIO(_onnx_bytes(gm, {**meta, "input_contract": INPUT_CONTRACT}, example))
     else:
         raise PgnasError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     return buf.getvalue()
@@ -219,10 +254,12 @@ def _onnx_bytes(gm: fx.GraphModule, meta: dict[str, Any], example: Tensor) -> by
         import onnx
     except ImportError:
         raise PgnasError("--format onnx needs the optional onnx extra: pip install 'pgnas[onnx]'") from None
+    deployed = _OnnxDeployed(gm, meta["mean"], meta["std"]).eval()
+    pixels = (example.clamp(-2, 2) * 60 + 128).round().clamp(0, 255).to(torch.uint8)  # an image-like uint8 batch
     buf = io.BytesIO()
     try:
         torch.onnx.export(
-            gm, (example,), buf, input_names=["input"], output_names=["logits"],
+            deployed, (pixels,), buf, input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
         )
     except Exception as exc:
@@ -236,8 +273,8 @@ def _onnx_bytes(gm: fx.GraphModule, meta: dict[str, Any], example: Tensor) -> by
     except ImportError:
         return data
     with torch.no_grad():
-        want = gm(example)
-    got = torch.from_numpy(_onnx_session(data).run(None, {"input": example.numpy()})[0])
+        want = deployed(pixels)
+    got = torch.from_numpy(_onnx_session(data).run(None, {"input": pixels.numpy()})[0])
     scale = float(want.abs().max())
     if not float((got - want).abs().max()) <= 1e-4 * max(scale, 1e-6):
         raise PgnasError("ONNX export check failed: onnxruntime's outputs differ from PyTorch's")
@@ -257,10 +294,11 @@ class ExportedModel(nn.Module):
     """An exported network as an ordinary ``nn.Module``.
 
     Call it on images as you have them: a batch (N, C, H, W) of uint8 pixels (0-255) or of floats
-    in [0, 1], at the model's ``input_shape``; it normalises them with the mean and std it was
-    trained with (``transform``) and returns logits. It loads in eval mode; ``.train()`` and an
-    optimizer train it like any module (``pt`` and ``torchscript``; an ``onnx`` file runs in
-    onnxruntime and only predicts). ``net`` is the network itself, which takes normalised input.
+    in [0, 1], at the model's ``input_shape`` (floats outside [0, 1] are an error); it normalises
+    them with the mean and std it was trained with (``transform``) and returns logits. It loads in
+    eval mode; ``.train()`` and an optimizer train it like any module (``pt`` and ``torchscript``;
+    an ``onnx`` file runs in onnxruntime and only predicts). ``net`` is the network itself, which
+    takes normalised input (not for ``onnx``, whose graph holds the normalisation).
     """
 
     def __init__(self, net: nn.Module, meta: dict[str, Any], fmt: str):
@@ -283,13 +321,25 @@ class ExportedModel(nn.Module):
 
     def transform(self, x: Tensor) -> Tensor:
         """uint8 images (or floats in [0, 1]) -> the normalised input ``net`` was trained on."""
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        return (x - self.mean) / self.std
+        return (unit_range(x) - self.mean) / self.std
 
     normalise = transform
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.net, _OnnxNet) and self.meta.get("input_contract") == INPUT_CONTRACT:
+            return self.net((unit_range(x) * 255.0).round().to(torch.uint8))  # the ONNX graph takes uint8 pixels
         return self.net(self.transform(x))
+
+
+def unit_range(x: Tensor) -> Tensor:
+    """Images in [0, 1] as float: uint8 pixels divided by 255; floats checked to be in [0, 1]."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    x = x.float()
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise PgnasError(f"float images must be in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}] "
+                         f"(divide 0-255 pixels by 255, or pass uint8)")
+    return x
 
 
 class _OnnxNet(nn.Module):
@@ -300,7 +350,8 @@ class _OnnxNet(nn.Module):
         self.session = session
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.session.run(None, {"input": x.detach().float().cpu().numpy()})[0]
+        array = x.detach().cpu().numpy() if x.dtype == torch.uint8 else x.detach().float().cpu().numpy()
+        out = self.session.run(None, {"input": array})[0]
         return torch.from_numpy(out).to(x.device)
 
 
@@ -343,7 +394,9 @@ def load_model(path: str | Path) -> ExportedModel:
             raise PgnasError(f"{path} is corrupt or not a TorchScript model ({type(exc).__name__})") from None
         if not extra[META_FILE]:
             raise PgnasError(f"{path} is a TorchScript model without pgnas metadata")
-        return ExportedModel(module, json.loads(extra[META_FILE]), "torchscript")
+        meta = json.loads(extra[META_FILE])
+        net = module.net if meta.get("input_contract") == INPUT_CONTRACT else module  # the network inside its input handling
+        return ExportedModel(net, meta, "torchscript")
     try:
         import onnx
     except ImportError:
