@@ -181,3 +181,30 @@ def test_threads_setting(tmp_path):
         assert set_threads(pgnas.SearchConfig()) == 1  # never raised above torch's own setting
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_busy_machine_gets_the_threads_its_load_leaves(tmp_path, capsys, monkeypatch):
+    """Issue 22.3: with another process on one of two cores, the quick start took 701 s at two
+    threads against 26 s at one. Without --threads (or $OMP_NUM_THREADS), a command takes the cores
+    the load leaves free, says so, and records it so a resume continues with the same."""
+    from pgnas.search.epochs import SwingWatch
+    from pgnas.search.run import free_cores
+
+    assert [free_cores(2, load) for load in (0.0, 0.4, 0.6, 1.0, 2.7)] == [2, 2, 1, 1, 1]
+    assert [free_cores(16, load) for load in (0.2, 3.4, 40.0)] == [16, 13, 1]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (1.1, 1.0, 1.0))
+    monkeypatch.setattr("pgnas.data.imagefolder.usable_cpus", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        assert main(["search", "--epochs", "1", "--candidates", "2", "--out", str(tmp_path / "r")]) == 0
+        assert "the machine is busy (load 1.1 on 2 cores): using 1 thread" in capsys.readouterr().err
+        assert pgnas.SearchConfig.from_toml(tmp_path / "r" / "config.toml").threads == 1
+        monkeypatch.setattr("os.getloadavg", lambda: (0.1, 0.1, 0.1))
+        assert main(["search", "--epochs", "1", "--candidates", "2", "--threads", "1", "--out", str(tmp_path / "q")]) == 0
+        assert "busy" not in capsys.readouterr().err  # --threads given: no decision to make
+    finally:
+        torch.set_num_threads(before)
+    watch = SwingWatch()  # epochs that swing are said once, with what to do
+    assert [watch.add(s) for s in (1.0, 1.1, 0.9, 1.0, 4.0, 5.0)] == [False, False, False, False, True, False]
+    assert "--threads 1" in watch.advice()

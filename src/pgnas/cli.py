@@ -204,12 +204,29 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.config:
             base.update(_config_file_settings(args.config))
         base.update(flags)
-        cfg = SearchConfig.from_dict(base)
+        cfg = SearchConfig.from_dict({**base, **_threads_for(args)})
         _warn_gpu_preset(args.preset, cfg)
     result = pgnas.search(cfg, resume=args.resume, force=args.force, progress=not args.quiet)
     if _rank() == 0:
         print(format_summary(result.summary, str(result.run_dir)))
     return 0
+
+
+def _threads_for(args: argparse.Namespace) -> dict[str, int]:
+    """``threads`` for a command started without ``--threads`` (and without $OMP_NUM_THREADS, which
+    torchrun sets): the cores the machine's load leaves free, said in one line when that is fewer
+    than the usable cores. Recorded in config.toml, so ``--resume`` continues with the same."""
+    import os
+
+    from pgnas.search.run import auto_threads
+
+    if getattr(args, "threads", None) is not None or os.environ.get("OMP_NUM_THREADS"):
+        return {}
+    threads, usable, load = auto_threads()
+    if threads < usable and not getattr(args, "quiet", False) and _rank() == 0:
+        print(f"pgnas: the machine is busy (load {load:.1f} on {usable} cores): using {threads} thread"
+              f"{'s' if threads > 1 else ''} (--threads N sets it)", file=sys.stderr)
+    return {"threads": threads}
 
 
 def _warn_gpu_preset(preset: str | None, cfg: SearchConfig) -> None:
@@ -228,9 +245,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from pgnas.workflow import sample
 
     keys = SAMPLE_KEYS
+    threads = {} if args.resume else _threads_for(args)
     result = sample(
         args.run_dir, candidates=args.candidates, out=args.out, seed=args.seed, force=args.force, resume=args.resume,
-        progress=not args.quiet, **{k: getattr(args, k) for k in keys},
+        progress=not args.quiet, **{**{k: getattr(args, k) for k in keys}, **threads},
     )
     if result.summary.get("world_size", 1) == 1 or _rank() == 0:
         print(format_summary(result.summary, str(result.run_dir)))
@@ -249,7 +267,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         res = train(SearchConfig(out=args.out, **{k: v for k, v in flags.items() if k in ("device", "checkpoint_minutes", "data_cache")}),
                     resume=True, progress=not args.quiet)
     else:
-        res = train(flags, model_file=args.model_file, reinit=args.reinit, force=args.force, progress=not args.quiet)
+        res = train({**flags, **_threads_for(args)}, model_file=args.model_file, reinit=args.reinit, force=args.force,
+                    progress=not args.quiet)
     if _rank() == 0:
         s = res.summary
         print(f"pgnas train: {s['network']} on {s['dataset']}, {s['epochs']} epochs: val {100 * s['val_acc']:.2f}%, "

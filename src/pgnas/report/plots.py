@@ -26,7 +26,7 @@ def _save(fig, path: Path) -> Path:
 def candidate_histogram(runs: Sequence[RunRecord], path: Path) -> Path:
     """Validation accuracy of every candidate, runs overlaid, the selected one marked."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    accs = [np.array([c["val_acc"] for c in r.candidates]) * 100 for r in runs]
+    accs = [np.array([c["val_acc"] for c in r.fully_scored]) * 100 for r in runs]  # the spread the summary reports
     lo = min(a.min() for a in accs)
     hi = max(a.max() for a in accs)
     bins = np.linspace(lo, hi + 1e-9, 30) if hi > lo else 10
@@ -51,11 +51,10 @@ def pareto(runs: Sequence[RunRecord], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, r in enumerate(runs):
         color = COLORS[i % len(COLORS)]
-        n = max((x.get("val_seen", 0) for x in r.candidates), default=0)
-        full = [c for c in r.candidates if c.get("val_seen", 0) == n]
+        full = r.fully_scored
         ax.scatter([c["macs"] / 1e6 for c in full], [100 * c["val_acc"] for c in full], s=8, alpha=0.4, color=color,
                    label=f"{r.label} candidates")
-        front = sorted(r.summary.get("pareto", []), key=lambda c: c["macs"])
+        front = front_2d(full)  # the front of what is drawn (the summary's is over params and MACs together)
         if front:
             ax.step([c["macs"] / 1e6 for c in front], [100 * c["val_acc"] for c in front], where="post", color=color, lw=1.2,
                     label=f"{r.label} front")
@@ -70,13 +69,23 @@ def pareto(runs: Sequence[RunRecord], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def front_2d(records: Sequence[dict]) -> list[dict]:
+    """The candidates no other is at least as accurate and at most as costly in MACs (better in one),
+    by increasing MACs: along it accuracy only rises."""
+    front: list[dict] = []
+    for c in sorted(records, key=lambda c: (c["macs"], -c["val_acc"])):
+        if not front or c["val_acc"] > front[-1]["val_acc"]:
+            front.append(c)
+    return front
+
+
 def reliability(run: RunRecord, path: Path) -> Path | None:
     """Reliability diagram on the test split: accuracy against confidence (15 equal-width bins)
     for the selected candidate, the mean network and the top-5 ensemble, with their ECE."""
     cal = run.summary.get("calibration")
     if not cal:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 6))
     ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=1)
     for i, (name, m) in enumerate(cal.items()):
         bins = [b for b in m["reliability"] if b["count"]]
@@ -87,7 +96,7 @@ def reliability(run: RunRecord, path: Path) -> Path | None:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"Calibration on the test split: {run.label}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)  # below the axes, off the data
     return _save(fig, path)
 
 
@@ -144,8 +153,9 @@ def training_curves(runs: Sequence[RunRecord], path: Path) -> Path:
         axes[0].plot(ep, [m["ce"] for m in r.metrics], color=c, label=r.label)
         axes[1].plot(ep, [m["kl"] for m in r.metrics], color=c)
         axes[2].plot(ep, [100 * m["train_acc"] for m in r.metrics], color=c)
-        accs = np.array([cd["val_acc"] for cd in sorted(r.candidates, key=lambda d: d["index"])]) * 100
-        axes[3].plot(np.arange(1, len(accs) + 1), np.maximum.accumulate(accs), color=c)
+        accs = np.array([cd["val_acc"] for cd in sorted(r.fully_scored, key=lambda d: d["index"])]) * 100
+        if len(accs):
+            axes[3].plot(np.arange(1, len(accs) + 1), np.maximum.accumulate(accs), color=c)
     for ax, title in zip(axes, ("cross-entropy", "KL term", "train accuracy (%)", "best validation acc. so far (%)")):
         ax.set_title(title, fontsize=10)
     for ax in axes[:3]:

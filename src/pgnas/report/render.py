@@ -35,23 +35,24 @@ def table_rows(runs: Sequence[RunRecord]) -> list[dict]:
     rows = []
     for r in runs:
         s = r.summary
-        sel = s["selected"]
         secs = s.get("seconds", {})
+        plain = r.trained_plainly
+        sel = s if plain else s["selected"]
         rows.append({
             "run": r.path.name,
             "super-network": s["supernet"],
             "dataset": s.get("dataset", "-"),
-            "posterior": s["posterior"]["mode"],
+            "posterior": r.mode,
             "epochs": s.get("epochs", "-"),
-            "candidates": s["num_candidates"],
-            "selected": sel["index"],
+            "candidates": "-" if plain else s["num_candidates"],
+            "selected": "-" if plain else sel["index"],
             "val acc": f"{100 * sel['val_acc']:.2f}%",
             "test acc": f"{100 * sel['test_acc']:.2f}%",
-            "params (kept slices)": _fmt_params(sel.get("params_kept_slices", sel["params"])),
-            "slim params": _fmt_params(_slim(r, "params")),
+            "params (kept slices)": "-" if plain else _fmt_params(sel.get("params_kept_slices", sel["params"])),
+            "slim params": _fmt_params(s["params"] if plain else _slim(r, "params")),
             "slim MACs": _fmt_macs(_slim(r, "macs")),
-            "super-net params": _fmt_params(s["supernet_params"]),
-            "search time": f"{s.get('training_seconds', secs.get('train', 0)) + secs.get('score', secs.get('sample', 0)):.0f}s",
+            "super-net params": "-" if plain else _fmt_params(s["supernet_params"]),
+            "time": f"{secs['total']:.0f}s" if "total" in secs else "-",  # the command's wall time, as its summary says
         })
     return rows
 
@@ -76,25 +77,28 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, force: bool
         raise PgnasError("pgnas report needs at least one results folder")
     runs = [load_run(p) for p in run_dirs]
     for r in runs:
-        if not r.candidates:
+        if not r.trained_plainly and not r.candidates:
             raise PgnasError(f"{r.path} has no candidates.jsonl")
     out = Path(out)
     if (out / "report.md").exists() and not force:
         raise PgnasError(f"{out} already holds a report; pass --force to replace it")
     out.mkdir(parents=True, exist_ok=True)
+    searched = [r for r in runs if not r.trained_plainly]  # runs with candidates (a train run has none)
     figures: list[tuple[str, Path]] = []
-    figures.append(("Candidate validation accuracies", plots.candidate_histogram(runs, out / "candidates_hist.png")))
-    figures.append(("Training curves and best-so-far selection", plots.training_curves(runs, out / "training_curves.png")))
-    front = plots.pareto(runs, out / "pareto.png")
+    if searched:
+        figures.append(("Candidate validation accuracies", plots.candidate_histogram(searched, out / "candidates_hist.png")))
+    figures.append(("Training curves" + (" and best-so-far selection" if searched else ""),
+                    plots.training_curves(runs, out / "training_curves.png")))
+    front = plots.pareto(searched, out / "pareto.png") if searched else None
     if front is not None:
         figures.append(("Accuracy against MACs, with each run's Pareto front", front))
-    for i, r in enumerate(runs):
-        tag = f"_{i}" if len(runs) > 1 else ""
+    for i, r in enumerate(searched):
+        tag = f"_{i}" if len(searched) > 1 else ""
         figures.append((f"Selected architecture: {r.label}", plots.architecture_diagram(r, out / f"architecture{tag}.png")))
         rel = plots.reliability(r, out / f"reliability{tag}.png")
         if rel is not None:
             figures.append((f"Calibration (reliability diagram): {r.label}", rel))
-        if r.mode != "learned":  # a fixed posterior has one p everywhere: nothing to plot
+        if r.mode != "learned":  # a fixed (or tempered) posterior: the learned p is the source run's
             continue
         figures.append((f"Learned p per layer: {r.label}", plots.p_per_layer(r, out / f"p_layers{tag}.png")))
         pe = plots.p_over_epochs(r, out / f"p_epochs{tag}.png")
@@ -103,15 +107,20 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, force: bool
     rows = table_rows(runs)
     stats = []
     for r in runs:
+        if r.trained_plainly:
+            stats.append(f"- **{r.label}**: {r.summary['network']}, {r.summary['epochs']} epochs, weight decay "
+                         f"{r.summary.get('weight_decay', 0):g}: validation {100 * r.summary['val_acc']:.2f}%, "
+                         f"test {100 * r.summary['test_acc']:.2f}%")
+            continue
         c = r.summary["candidate_val_acc"]
-        stats.append(f"- **{r.label}**: {len(r.candidates)} candidates, validation accuracy mean "
+        stats.append(f"- **{r.label}**: {c['candidates']} candidates scored on the whole validation split, accuracy mean "
                      f"{100 * c['mean']:.2f}%, std {100 * c['std']:.2f} pts, best {100 * c['max']:.2f}%; "
                      f"mean p {r.summary['posterior']['mean_p']:.3f}")
     md = ["# pgnas report", "", _md_table(rows), "", *stats, ""]
     for title, path in figures:
         md += [f"## {title}", "", f"![{title}]({path.name})", ""]
     (out / "report.md").write_text("\n".join(md))
-    body = [f"<h1>pgnas report</h1>", _html_table(rows), "<ul>" + "".join(f"<li>{html.escape(s[2:]).replace('**', '')}</li>" for s in stats) + "</ul>"]
+    body = ["<h1>pgnas report</h1>", _html_table(rows), "<ul>" + "".join(f"<li>{html.escape(s[2:]).replace('**', '')}</li>" for s in stats) + "</ul>"]
     for title, path in figures:
         body.append(f"<h2>{html.escape(title)}</h2><img src='{html.escape(path.name)}' style='max-width:100%'>")
     style = "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"

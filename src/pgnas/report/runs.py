@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,23 @@ class RunRecord:
     label: str = ""
 
     @property
+    def trained_plainly(self) -> bool:
+        """A ``pgnas train`` folder: a network trained plainly, no posterior and no candidates."""
+        return self.summary.get("command") == "train"
+
+    @property
     def mode(self) -> str:
-        return self.summary["posterior"]["mode"]
+        """"learned", "fixed:P", "tempered" (a learned posterior sampled with a logit shift) or "plain"."""
+        if self.trained_plainly:
+            return "plain"
+        mode = self.summary["posterior"]["mode"]
+        return "tempered" if mode == "learned" and self.summary.get("scoring", {}).get("logit_shift") else mode
+
+    @property
+    def fully_scored(self) -> list[dict]:
+        """The candidates scored on the whole validation split (raced-out partial scores are not comparable)."""
+        n = max((c.get("val_seen", 0) for c in self.candidates), default=0)
+        return [c for c in self.candidates if c.get("val_seen", n) == n]
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -45,7 +60,7 @@ def load_run(path: str | Path) -> RunRecord:
         raise PgnasError(f"{path} is not a folder")
     summary_path = path / "summary.json"
     if not summary_path.is_file():
-        raise PgnasError(f"{path} has no summary.json: not a finished pgnas search")
+        raise PgnasError(f"{path} has no summary.json: not a finished pgnas search, sample or train run")
     try:
         summary = json.loads(summary_path.read_text())
     except ValueError:
@@ -57,5 +72,6 @@ def load_run(path: str | Path) -> RunRecord:
             info = json.loads((path / "model.json").read_text())
         except ValueError:
             info = None
-    label = f"{path.name} ({summary['posterior']['mode']})"
-    return RunRecord(path, summary, _jsonl(path / "candidates.jsonl"), _jsonl(path / "metrics.jsonl"), config, info, label)
+    run = RunRecord(path, summary, _jsonl(path / "candidates.jsonl"), _jsonl(path / "metrics.jsonl"), config, info)
+    run.label = f"{path.name} ({'trained plainly' if run.trained_plainly else run.mode + ' posterior'})"
+    return run

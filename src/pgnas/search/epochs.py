@@ -13,7 +13,7 @@ from typing import Callable
 from pgnas.config import SearchConfig
 from pgnas.errors import PgnasError
 from pgnas.search.checkpoint import atomic_write_text, save_checkpoint
-from pgnas.search.console import duration, log, progress_bar
+from pgnas.search.console import duration, log, progress_bar, warn
 from pgnas.search.distributed import Dist, barrier
 from pgnas.search.signals import StopRequests
 from pgnas.search.train import PosteriorTrainer, Stopped, TrainControl
@@ -50,6 +50,7 @@ def run_training(trainer: PosteriorTrainer, cfg: SearchConfig, run_dir: Path, *,
         log(line)
 
     control = _Control(stop, cfg.checkpoint_minutes, write_checkpoint, project)
+    swings = SwingWatch()
     for _ in range(trainer.epoch, cfg.epochs):
         bar = progress_bar(progress, total=trainer.steps_per_epoch, initial=trainer.batch,
                            desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}", leave=False, unit="step")
@@ -62,6 +63,8 @@ def run_training(trainer: PosteriorTrainer, cfg: SearchConfig, run_dir: Path, *,
         finally:
             bar.close()
         train_seconds += metrics["seconds"]
+        if main and swings.add(metrics["seconds"]):
+            warn(swings.advice())
         if main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -81,6 +84,32 @@ def run_training(trainer: PosteriorTrainer, cfg: SearchConfig, run_dir: Path, *,
             raise stopped(exc, f"training: {exc}; checkpoint written to {ckpt_path}", run_dir, command)
     return train_seconds
 
+
+
+class SwingWatch:
+    """Epoch times that swing (one over 3x the median of the ones before, or under a third of it) mean
+    another process competes for the CPU; said once, with what to do."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.said = False
+
+    def add(self, seconds: float) -> bool:
+        """Record an epoch's seconds; True the first time they swing."""
+        before = sorted(self.seconds)
+        self.seconds.append(seconds)
+        if self.said or len(before) < 2:
+            return False
+        median = before[len(before) // 2]
+        if seconds > 3 * median or seconds < median / 3:
+            self.said = True
+            return True
+        return False
+
+    def advice(self) -> str:
+        return (f"epoch times swing ({min(self.seconds):.1f} s to {max(self.seconds):.1f} s): another process is "
+                f"competing for the CPU. Give each run its own cores (--threads 1 for each of two runs on two cores; "
+                f"torch's threads spin while they wait for a busy core)")
 
 
 class _Control(TrainControl):
