@@ -59,3 +59,38 @@ def test_block_layout_groups_operations_by_block():
     rows, cols = _block_layout(["stem", "stages.0.0.branch1.conv1", "stages.0.0.skip.conv2", "stages.1.0.branch1.conv1", "fc"])
     assert rows == ["stem", "stages.0.0", "stages.1.0", "fc"]
     assert cols == ["", "branch1.conv1", "skip.conv2"]  # single layers (stem, fc) are rows of their own
+
+
+def test_report_of_a_plainly_trained_run_shows_what_it_has(two_runs, tmp_path, capsys):
+    """Issue 22.2: `pgnas report` on a `pgnas train` folder crashed (KeyError: 'posterior')."""
+    plain = tmp_path / "plain"
+    assert main(["train", "--supernet", "shake-shake-8-2x16d", "--epochs", "1", "--out", str(plain), "--quiet", "--threads", "1"]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(plain), str(two_runs[0]), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    s = json.loads((plain / "summary.json").read_text())
+    assert "plain (trained plainly)" in md and f"{100 * s['test_acc']:.2f}%" in md
+    assert f"{s['seconds']['total']:.0f}s" in md  # the time a run's summary says it took
+    assert (out / "candidates_hist.png").is_file() and not (out / "architecture_1.png").exists()
+    capsys.readouterr()
+    assert main(["report", str(plain), "--out", str(tmp_path / "only")]) == 0  # a train folder alone
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_report_spreads_and_fronts_use_whole_split_scores_only():
+    """Issue 22.5/22.6: the histogram legend counted raced-out partial scores (97.51 % / 1.76 where the
+    summary said 99.65 % / 0.22), and the plotted front was the one over params and MACs, drawn on
+    MACs alone (it dipped)."""
+    from pathlib import Path
+
+    from pgnas.report.plots import front_2d
+    from pgnas.report.runs import RunRecord
+
+    cands = [{"index": 0, "val_acc": 0.9, "val_seen": 100, "macs": 5}, {"index": 1, "val_acc": 0.2, "val_seen": 10, "macs": 1},
+             {"index": 2, "val_acc": 0.8, "val_seen": 100, "macs": 3}, {"index": 3, "val_acc": 0.7, "val_seen": 100, "macs": 4}]
+    run = RunRecord(Path("r"), {"posterior": {"mode": "learned"}}, cands, [], {})
+    assert [c["index"] for c in run.fully_scored] == [0, 2, 3]
+    front = front_2d(run.fully_scored)
+    assert [c["index"] for c in front] == [2, 0]
+    accs = [c["val_acc"] for c in front]
+    assert accs == sorted(accs)  # along the front, more MACs only ever buys accuracy

@@ -198,7 +198,9 @@ def test_a_busy_machine_gets_the_threads_its_load_leaves(tmp_path, capsys, monke
     before = torch.get_num_threads()
     try:
         assert main(["search", "--epochs", "1", "--candidates", "2", "--out", str(tmp_path / "r")]) == 0
-        assert "the machine is busy (load 1.1 on 2 cores): using 1 thread" in capsys.readouterr().err
+        assert "the machine was busy when this started (load 1.1 on 2 cores): it used 1 thread" in capsys.readouterr().err
+        assert main(["search", "--epochs", "0", "--out", str(tmp_path / "bad")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1  # bad input stays one line
         assert pgnas.SearchConfig.from_toml(tmp_path / "r" / "config.toml").threads == 1
         monkeypatch.setattr("os.getloadavg", lambda: (0.1, 0.1, 0.1))
         assert main(["search", "--epochs", "1", "--candidates", "2", "--threads", "1", "--out", str(tmp_path / "q")]) == 0
@@ -208,3 +210,88 @@ def test_a_busy_machine_gets_the_threads_its_load_leaves(tmp_path, capsys, monke
     watch = SwingWatch()  # epochs that swing are said once, with what to do
     assert [watch.add(s) for s in (1.0, 1.1, 0.9, 1.0, 4.0, 5.0)] == [False, False, False, False, True, False]
     assert "--threads 1" in watch.advice()
+
+
+def _records(folder):
+    return [json.loads(x) for x in (Path(folder) / "candidates.jsonl").read_text().splitlines()]
+
+
+def test_a_budget_that_changes_the_choice_says_so(run, tmp_path, capsys, monkeypatch):
+    """Issue 22.4: when a budget changed the choice the console said nothing (`best val 0.8264
+    (candidate 18)` then `selected: candidate 9`). A latency budget (no tempering) below the best
+    candidate's cost: the run says which candidate the budget gave and which it excluded."""
+    from pgnas.search.ranking import rank
+
+    recs = _records(run)
+    best = rank(recs)[0]
+    monkeypatch.setattr("pgnas.search.ranking.latency_ms", lambda net, shape, device, **kw: sum(p.numel() for p in net.parameters()) / 1e3)
+    limit = (best["params"] - 1) / 1e3
+    assert main(["sample", str(run), "--candidates", "6", "--max-latency-ms", str(limit), "--out", str(tmp_path / "s")]) == 0
+    out, err = capsys.readouterr()
+    s = json.loads((tmp_path / "s" / "summary.json").read_text())
+    if s["selected"]["index"] == best["index"]:
+        pytest.skip("the latency of the best candidate's slim network came out within the limit")
+    assert s["best_overall"]["index"] == best["index"]
+    assert f"the best overall, candidate {best['index']}" in out and "budget (max latency ms" in out
+    assert "the budget changed the choice" in err
+
+
+def test_export_says_the_chosen_candidate_and_ensembles_are_bounded_as_a_whole(run, tmp_path, capsys):
+    """Issue 22.4: `export --max-macs` did not print the chosen candidate's validation accuracy;
+    `--ensemble 3 --max-macs 1.5M` wrote 4.41M MACs (the budget applied per member, unsaid);
+    `--ensemble 500` with 100 candidates silently wrote 100."""
+    recs = _records(run)
+    macs = sorted(r["macs"] for r in recs)
+    assert main(["export", str(run), "--max-macs", str(macs[-2]), "--out", str(tmp_path / "b.pt")]) == 0
+    out = capsys.readouterr().out
+    chosen = json.loads((tmp_path / "b.json").read_text())["candidate"]
+    val = next(r["val_acc"] for r in recs if r["index"] == chosen)
+    assert f"candidate {chosen}, validation accuracy {100 * val:.2f}%" in out
+    budget = macs[0] + macs[1]  # the two cheapest fit together; no three do
+    assert main(["export", str(run), "--ensemble", "2", "--max-macs", str(budget), "--out", str(tmp_path / "e.pt")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["macs"] <= budget
+    assert main(["export", str(run), "--ensemble", "3", "--max-macs", str(budget), "--out", str(tmp_path / "e3.pt")]) == 2
+    assert "fit within the budget" in capsys.readouterr().err and not (tmp_path / "e3.pt").exists()
+    assert main(["export", str(run), "--ensemble", "500", "--out", str(tmp_path / "e500.pt")]) == 2
+    assert "only 6 candidates were scored" in capsys.readouterr().err
+
+
+def test_racing_a_small_split_and_ties_are_said(run, tmp_path, capsys):
+    """Issue 22.5/22.6: racing 288 validation images was slower than scoring them all, unsaid; a
+    9-image validation split gave ties at the top, unsaid."""
+    assert main(["sample", str(run), "--candidates", "4", "--race", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "--race: a validation split of 288 images is too small for racing" in err
+    assert all(r["val_seen"] == 288 for r in _records(tmp_path / "r"))
+    assert main(["search", "--supernet", "shake-shake-8-2x16d", "--epochs", "1", "--candidates", "6", "--val-size", "9",
+                 "--out", str(tmp_path / "tiny"), "--quiet", "--threads", "1"]) == 0
+    recs = _records(tmp_path / "tiny")
+    best = max(r["val_acc"] for r in recs)
+    tied = sum(r["val_acc"] == best for r in recs)
+    err = capsys.readouterr().err
+    assert (f"{tied} candidates tie at the best validation accuracy" in err) == (tied > 1)
+
+
+def test_small_things_a_new_user_meets(run, tmp_path, capsys):
+    """Issue 22.6: a flag of another command, folders of images, the digits cache line, plurals,
+    the posterior's repr."""
+    with pytest.raises(SystemExit):
+        main(["search", "--ensemble", "3"])
+    assert "--ensemble is a flag of pgnas export" in _err(capsys)
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (8, 8), 90).save(folder / "a.png")
+    Image.new("L", (8, 8), 200).save(folder / "sub" / "b.png")
+    assert main(["predict", str(run / "model.pt"), str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert str(folder / "a.png") in out and str(folder / "sub" / "b.png") in out
+    assert main(["data", "digits"]) == 0
+    assert "streamed" not in capsys.readouterr().out
+    from pgnas.report.summary import format_summary
+
+    s = json.loads((run / "summary.json").read_text())
+    assert ", 1 epoch, 6 candidates)" in format_summary({**s, "epochs": 1}) and ", 2 epochs, " in format_summary(s)
+    post = pgnas.instrument(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)))
+    assert repr(post) == "Posterior(learned, 2 layers, 2 p groups, 67 input channels, mean p 0.100)"

@@ -21,16 +21,24 @@ class _Parser(argparse.ArgumentParser):
         from pgnas.errors import closest, did_you_mean
 
         if message.startswith("unrecognized arguments:"):
-            parsers = [self] + [p for a in self._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
-            flags = sorted({o for p in parsers for a in p._actions for o in a.option_strings})
-            hints = []
+            commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction) for name, p in a.choices.items()}
+            owners: dict[str, list[str]] = {}  # flag -> the commands that have it
+            for name, p in commands.items():
+                for a in p._actions:
+                    for o in a.option_strings:
+                        owners.setdefault(o, []).append(name)
+            typos, elsewhere = [], []
             for word in message.split(":", 1)[1].split():
-                if word.startswith("--"):
-                    match = closest(word.split("=")[0], flags)
-                    if match:
-                        hints.append(f"{word} -> {match}?")
+                flag = word.split("=")[0]
+                if not flag.startswith("--"):
+                    continue
+                if flag in owners:  # a real flag, of another command
+                    elsewhere.append(f"{flag} is a flag of pgnas {' / pgnas '.join(owners[flag])}")
+                elif (match := closest(flag, owners)):
+                    typos.append(f"{word} -> {match}?")
+            hints = (["did you mean " + ", ".join(typos)] if typos else []) + elsewhere
             if hints:
-                message += " (did you mean " + ", ".join(hints) + ")"
+                message += " (" + "; ".join(hints) + ")"
         elif "invalid choice" in message:
             import re
 
@@ -223,10 +231,13 @@ def _threads_for(args: argparse.Namespace) -> dict[str, int]:
     if getattr(args, "threads", None) is not None or os.environ.get("OMP_NUM_THREADS"):
         return {}
     threads, usable, load = auto_threads()
-    if threads < usable and not getattr(args, "quiet", False) and _rank() == 0:
-        print(f"pgnas: the machine is busy (load {load:.1f} on {usable} cores): using {threads} thread"
-              f"{'s' if threads > 1 else ''} (--threads N sets it)", file=sys.stderr)
+    if threads < usable and _rank() == 0:  # said when the command ends: an input error stays one line
+        _NOTES.append(f"pgnas: the machine was busy when this started (load {load:.1f} on {usable} cores): it used {threads} "
+                      f"thread{'s' if threads > 1 else ''} (--threads N sets it)")
     return {"threads": threads}
+
+
+_NOTES: list[str] = []  # lines for stderr once a command has finished
 
 
 def _warn_gpu_preset(preset: str | None, cfg: SearchConfig) -> None:
@@ -358,12 +369,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
     elif info.get("ensemble"):
         print(f"ensemble of candidates {info['ensemble']}: {info['model']} (+ {info['description']})")
-        print(f"  params {info['params']:,}, MACs {info['macs']:,} in all (super-network {info['supernet_params']:,} / {info['supernet_macs']:,})")
+        if info.get("members_val_acc"):
+            print("  members' validation accuracy: " + ", ".join(f"{100 * v:.2f}%" for v in info["members_val_acc"]))
+        budget = " (a budget bounds these sums)" if any(getattr(args, k) for k in ("max_params", "max_macs", "max_latency_ms")) else ""
+        print(f"  params {info['params']:,}, MACs {info['macs']:,} in all{budget} (super-network {info['supernet_params']:,} / "
+              f"{info['supernet_macs']:,})")
     elif info.get("already"):
         print(f"{info['model']} is already the export of the selected candidate {info['candidate']} (the search wrote it, "
               f"with {info['description']}); for another file pass --out, --format or --candidate, or --force to write it again")
     else:
-        print(f"candidate {info['candidate']}: {info['model']} (+ {info['description']})")
+        val = f", validation accuracy {100 * info['val_acc']:.2f}%" if "val_acc" in info else ""
+        print(f"candidate {info['candidate']}{val}: {info['model']} (+ {info['description']})")
         print(f"  params {info['params']:,} (super-network {info['supernet_params']:,}, {info['params'] / info['supernet_params']:.1%}; kept kernel slices {info['candidate_params_kept_slices']:,})")
         print(f"  MACs   {info['macs']:,} (super-network {info['supernet_macs']:,}, {info['macs'] / info['supernet_macs']:.1%})")
         print(f"  removed conv/linear layers: {info['removed_layers']}")
@@ -415,7 +431,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     classes = info["classes"]
     shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
     h, w = info["image_size"]
-    cache = info["cache"] or "none (streamed)"
+    cache = info["cache"] or ("none (streamed from the files)" if info.get("streamed") else "none (held in memory, nothing to decode)")
     print(f"dataset      {info['dataset']}  ({info['source'] or 'embedded'})")
     print(f"splits       train {info['train']}  val {info['val']}  test {info['test']}  (split seed {info['split_seed']})")
     print(f"classes      {info['num_classes']}: {shown}")
@@ -488,9 +504,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _NOTES.clear()
     try:
         status = COMMANDS[args.command](args)
         _leave_process_group()
+        for note in _NOTES:
+            print(note, file=sys.stderr)
         return status
     except Stopped as exc:
         print(f"pgnas {args.command}: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from pgnas.export.formats import FORMATS, SUFFIX, graph_spec, model_bytes
 from pgnas.slim import SlimResult, slim_model
 from pgnas.posterior import Posterior
 from pgnas.search.checkpoint import atomic_write_bytes, load_checkpoint
-from pgnas.search.ranking import cached_latency, fully_scored, rank, read_candidates, within_budget
+from pgnas.search.ranking import _fmt_count, cached_latency, fully_scored, rank, read_candidates, within_budget
 from pgnas.search.run import instrument_run, load_run_data
 from pgnas.search.scoring import candidate_bn
 from pgnas.supernets import get_supernet
@@ -338,11 +338,14 @@ def export_run(
         draw = lambda i: posterior.sample_candidate(i, scored_cfg.seed, scored_cfg.logit_shift)  # noqa: E731
         bn = (data, scored_cfg.bn_recalibrate, scored_cfg.batch_size) if scored_cfg.bn_recalibrate else None
         ranked = None
-        if budgeted or (ensemble and ensemble_from == "top"):
-            ranked = _within_budgets(run_dir, budgets, max(1, ensemble), model, draw, dmeta["input_shape"])
+        if ensemble and budgeted and ensemble_from != "top":
+            raise PgnasError("budgets choose among scored candidates: use --ensemble-from top with a budget (or sample a "
+                             "tempered posterior first: pgnas sample RUN --max-... --candidates N)")
         if ensemble:
+            ranked = _ensemble_members(run_dir, budgets, ensemble, model, draw, dmeta["input_shape"]) if ensemble_from == "top" else None
             return _export_ensemble(run_dir, config, ranked, ensemble, ensemble_from, model, draw, dmeta, out, fmt, force, bn)
-        if ranked is not None:
+        if budgeted:
+            ranked = _within_budgets(run_dir, budgets, 1, model, draw, dmeta["input_shape"])
             index, selected = ranked[0]["index"], False
         meta = {"supernet": config.supernet, "run": str(run_dir), "candidate": index, "selected": selected,
                 **({"logit_shift": scored_cfg.logit_shift} if scored_cfg.logit_shift else {}),
@@ -358,7 +361,9 @@ def export_run(
         what = str(exc) if isinstance(exc, PgnasError) else f"{type(exc).__name__}: {exc} (a pgnas bug, please report it)"
         print(f"pgnas: warning: the selected model was not exported: {' '.join(what.split())}", file=sys.stderr)
         return None
-    return {"model": str(out_path), "description": str(description_path(out_path)), "candidate": index, "params": result.params,
+    record = (ranked[0] if ranked else _scored_record(run_dir, config, index)) or {}
+    return {"model": str(out_path), "description": str(description_path(out_path)), "candidate": index,
+            **({"val_acc": record["val_acc"]} if "val_acc" in record else {}), "params": result.params,
             "macs": result.macs, "supernet_params": result.supernet_params, "supernet_macs": result.supernet_macs,
             "candidate_params_kept_slices": result.candidate_params, "removed_layers": result.removed_layers}
 
@@ -383,6 +388,45 @@ def _trained(run_dir: Path, allow_unfinished: bool) -> Path:
     return source
 
 
+def _scored_record(run_dir: Path, config: SearchConfig, index: int) -> dict | None:
+    """Candidate ``index``'s record where it was scored (the folder, or a sample of it)."""
+    for folder, _ in _scored_in(run_dir, config, index)[:1]:
+        return read_candidates(folder / "candidates.jsonl").get(index)
+    return None
+
+
+def _ensemble_members(run_dir: Path, budgets: dict, k: int, model: nn.Module, draw, input_shape) -> list[dict]:
+    """The top ``k`` candidates that fit within the budgets together (the ensemble runs every member:
+    its parameters, MACs and latency are the members' sums), taken best first."""
+    ranked = _within_budgets(run_dir, {key: None for key in budgets}, 1, model, draw, input_shape)
+    if len(ranked) < k:
+        raise PgnasError(f"--ensemble {k}: only {len(ranked)} candidates were scored in {run_dir} (pgnas sample {run_dir} "
+                         f"--candidates {k} scores more)")
+    latency_of = None
+    if budgets["max_latency_ms"] is not None:
+        latency_of = cached_latency(run_dir, model, draw, input_shape, next(model.parameters()).device)
+    limits = {"params": budgets["max_params"], "macs": budgets["max_macs"], "latency_ms": budgets["max_latency_ms"]}
+    costs = {r["index"]: {"params": r["params"], "macs": r["macs"], "latency_ms": latency_of(r["index"]) if latency_of else 0.0}
+             for r in ranked} if any(v is not None for v in limits.values()) else {r["index"]: {} for r in ranked}
+    members, total = [], {"params": 0.0, "macs": 0.0, "latency_ms": 0.0}
+    for r in ranked:  # best first, a candidate taken when the members still missing can fit after it
+        left = [c for c in ranked if c is not r and c not in members]
+        cost = costs[r["index"]]
+
+        def fits(key: str, lim) -> bool:
+            cheapest = sorted(costs[c["index"]][key] for c in left)[: k - len(members) - 1]
+            return lim is None or total[key] + cost[key] + sum(cheapest) <= lim
+
+        if all(fits(key, lim) for key, lim in limits.items()):
+            members.append(r)
+            total = {key: total[key] + cost.get(key, 0.0) for key in total}
+            if len(members) == k:
+                return members
+    given = ", ".join(f"max {key.replace('_', ' ')} {_fmt_count(lim)}" for key, lim in limits.items() if lim is not None)
+    raise PgnasError(f"--ensemble {k}: only {len(members)} of the best candidates fit within the budget ({given}) together; "
+                     f"an ensemble's cost is its members' sum")
+
+
 def _within_budgets(run_dir: Path, budgets: dict, need: int, model: nn.Module, draw, input_shape) -> list[dict]:
     """The candidates scored in ``run_dir`` within every budget, best first (no re-scoring)."""
     records = list(read_candidates(run_dir / "candidates.jsonl").values())
@@ -400,11 +444,12 @@ def _within_budgets(run_dir: Path, budgets: dict, need: int, model: nn.Module, d
 def _export_ensemble(run_dir: Path, config: SearchConfig, ranked, k: int, ensemble_from: str, model: nn.Module, draw,
                      dmeta: dict, out, fmt: str, force: bool, bn) -> dict[str, Any]:
     if ensemble_from == "top":
-        members = [r["index"] for r in ranked[:k]]
+        members = [r["index"] for r in ranked]
     else:  # fresh draws: candidate indices no search of this seed has used
         members = list(range(config.candidates, config.candidates + k))
     out_path = Path(out) if out is not None else run_dir / f"model-ensemble{k}-{ensemble_from}{SUFFIX[fmt]}"
     meta = {"supernet": config.supernet, "run": str(run_dir), "candidates": members, "ensemble_from": ensemble_from, **dmeta}
     desc = export_ensemble(model, [(i, draw(i)) for i in members], meta, out_path, fmt=fmt, force=force, bn_statistics=bn)
-    return {"model": str(out_path), "description": str(description_path(out_path)), "ensemble": members, "params": desc["params"],
+    return {"model": str(out_path), "description": str(description_path(out_path)), "ensemble": members,
+            **({"members_val_acc": [r["val_acc"] for r in ranked]} if ranked else {}), "params": desc["params"],
             "macs": desc["macs"], "supernet_params": desc["supernet_params"], "supernet_macs": desc["supernet_macs"]}

@@ -34,12 +34,31 @@ def load_image(path: str | Path, input_shape: Sequence[int]) -> Tensor:
     return data.view(h, w, c).permute(2, 0, 1).contiguous()
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files named, a folder standing for the .jpg/.jpeg/.png files in it (and below it,
+    sorted); none at all is an error."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PgnasError(f"folder {p} holds no .jpg, .jpeg or .png images")
+            out += found
+        else:
+            out.append(p)
+    if not out:
+        raise PgnasError("no image files given")
+    return out
+
+
 def predict(model: ExportedModel | str | Path, images: Sequence[str | Path], top: int = 5) -> list[dict]:
-    """Top-``top`` classes with probabilities for each image file."""
+    """Top-``top`` classes with probabilities for each image file (a folder: its images)."""
     if not isinstance(model, ExportedModel):
         model = load_model(model)
-    if not images:
-        raise PgnasError("no image files given")
+    images = image_files(images)
     batch = torch.stack([load_image(p, model.input_shape) for p in images])
     with torch.no_grad():
         probs = torch.softmax(model(batch).float(), dim=1)

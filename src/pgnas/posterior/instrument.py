@@ -129,6 +129,11 @@ class Posterior:
         if not self.layers:
             raise PgnasError("model is not instrumented (no pgnas concrete-dropout layers); call pgnas.instrument(model)")
 
+    def __repr__(self) -> str:
+        kind = "learned" if self.learned else "fixed"
+        return (f"Posterior({kind}, {len(self)} layers, {self.num_groups()} p groups, "
+                f"{sum(pl.dropout.num_channels for pl in self)} input channels, mean p {self.mean_p():.3f})")
+
     @classmethod
     def of(cls, model: nn.Module) -> "Posterior":
         return cls(model)

@@ -9,6 +9,7 @@ from typing import Sequence
 from pgnas.errors import PgnasError
 from pgnas.report import plots
 from pgnas.report.runs import RunRecord, load_run
+from pgnas.report.summary import plural
 
 
 def _fmt_params(n) -> str:
@@ -108,7 +109,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, force: bool
     stats = []
     for r in runs:
         if r.trained_plainly:
-            stats.append(f"- **{r.label}**: {r.summary['network']}, {r.summary['epochs']} epochs, weight decay "
+            stats.append(f"- **{r.label}**: {r.summary['network']}, {plural(r.summary['epochs'], 'epoch')}, weight decay "
                          f"{r.summary.get('weight_decay', 0):g}: validation {100 * r.summary['val_acc']:.2f}%, "
                          f"test {100 * r.summary['test_acc']:.2f}%")
             continue

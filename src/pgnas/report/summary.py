@@ -5,6 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _count(v: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if v >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:g}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:6.2f}%"
 
@@ -32,11 +43,13 @@ def format_seconds(seconds: dict[str, float]) -> str:
 def format_summary(summary: dict[str, Any], run_dir: str | None = None) -> str:
     sel = summary["selected"]
     cand = summary["candidate_val_acc"]
+    shift = summary.get("scoring", {}).get("logit_shift") or 0.0
+    mode = summary["posterior"]["mode"] + (f", tempered by {shift:+.3f} for the budget" if shift else "")
     lines = [
         "",
         f"pgnas {summary.get('command', 'search')}: {summary['supernet']} on {summary['dataset']}  "
-        f"(posterior {summary['posterior']['mode']}, mean p {summary['posterior']['mean_p']:.3f}, "
-        f"{summary['epochs']} epochs, {summary['num_candidates']} candidates)",
+        f"(posterior {mode}, mean p {summary['posterior']['mean_p']:.3f}, "
+        f"{plural(summary['epochs'], 'epoch')}, {plural(summary['num_candidates'], 'candidate')})",
         "",
         f"{'':<22}{'val acc':>10}{'test acc':>10}{'params':>12}{'MACs':>10}{'kept ch.':>10}",
         f"{'super-network (mean)':<22}{_pct(summary['supernet_val_acc']):>10}{_pct(summary['supernet_test_acc']):>10}"
@@ -58,6 +71,17 @@ def format_summary(summary: dict[str, Any], run_dir: str | None = None) -> str:
         f"kept-slice count {_params(sel.get('params_kept_slices', sel['params']))})",
         f"time: {format_seconds(summary['seconds'])} on {summary['device']}",
     ]
+    budget = summary.get("budget")
+    if budget:
+        what = ", ".join(f"{k.replace('_', ' ')} {_count(v)}" for k, v in budget.items())
+        if not summary.get("budget_met", True):
+            lines.insert(-1, f"budget ({what}): no candidate is within it; selected the best regardless")
+        elif summary.get("best_overall"):
+            b = summary["best_overall"]
+            lines.insert(-1, f"budget ({what}): selected the best within it; the best overall, candidate {b['index']} "
+                             f"(val {_pct(b['val_acc']).strip()}, {_params(b['params'])} params, {_macs(b['macs'])} MACs), is over it")
+        else:
+            lines.insert(-1, f"budget ({what}): the best candidate is within it")
     exp = summary.get("export")
     if exp:
         lines.append(

@@ -36,3 +36,7 @@ def duration(seconds: float) -> str:
 def index_list(indices: list[int], most: int = 8) -> str:
     shown = ", ".join(str(i) for i in indices[:most])
     return shown + (f" and {len(indices) - most} more" if len(indices) > most else "")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")

@@ -13,7 +13,7 @@ from typing import Callable
 from pgnas.config import SearchConfig
 from pgnas.errors import PgnasError
 from pgnas.search.checkpoint import atomic_write_text, save_checkpoint
-from pgnas.search.console import duration, log, progress_bar, warn
+from pgnas.search.console import duration, log, plural, progress_bar, warn
 from pgnas.search.distributed import Dist, barrier
 from pgnas.search.signals import StopRequests
 from pgnas.search.train import PosteriorTrainer, Stopped, TrainControl
@@ -35,7 +35,8 @@ def run_training(trainer: PosteriorTrainer, cfg: SearchConfig, run_dir: Path, *,
             save_checkpoint(ckpt_path, {"supernet": cfg.supernet, "config": _plain(cfg.to_dict()), "train_seconds": train_seconds, **st})
 
     if trainer.epoch < cfg.epochs and progress:
-        log(f"training {what or cfg.supernet} on {cfg.dataset} for {cfg.epochs} epochs ({trainer.steps_per_epoch} steps each) "
+        log(f"training {what or cfg.supernet} on {cfg.dataset} for {plural(cfg.epochs, 'epoch')} "
+            f"({plural(trainer.steps_per_epoch, 'step')} each) "
             f"on {trainer.device}" + (f", resuming at epoch {trainer.epoch + 1} batch {trainer.batch}" if state is not None else ""))
 
     def project(step_s: float) -> None:

@@ -70,6 +70,8 @@ def summary(run: Run, selection: Selection, report: TestReport, *, command: str,
         "world_size": run.dist.world_size,
         "torch": torch.__version__,
     }
+    if selection.budget_met and full and selection.eligible[0]["index"] != full[0]["index"]:
+        out["best_overall"] = {k: full[0][k] for k in ("index", "val_acc", "params", "macs")}  # over the budget
     unsized = [r for r in selection.records if "size_error" in r]
     if unsized:
         out["unsized_candidates"] = [{"index": r["index"], "why": r["size_error"]} for r in unsized]

@@ -77,7 +77,12 @@ def select(run: Run, run_dir: Path, *, resume: bool, progress: bool, stop: StopR
     latency_of = None
     if cfg.max_latency_ms:
         latency_of = cached_latency(run_dir if main else None, run.model, scorer.masks, scorer.input_shape, run.device)
-    if cfg.race:
+    if cfg.race and scorer.n < RACE_MIN_IMAGES:
+        if main:
+            warn(f"--race: a validation split of {scorer.n} images is too small for racing to save time (its looks are "
+                 f"small passes; it needs about {RACE_MIN_IMAGES}); scoring every candidate on the whole split instead")
+        records = _score_all(run, scorer, run_dir, done, stop, progress, command)
+    elif cfg.race:
         records = _race(run, scorer, run_dir, latency_of, stop, progress, command)
     else:
         records = _score_all(run, scorer, run_dir, done, stop, progress, command)
@@ -90,11 +95,32 @@ def select(run: Run, run_dir: Path, *, resume: bool, progress: bool, stop: StopR
         warn(f"{len(unsized)} of {len(records)} candidates could not be slimmed (candidates "
              f"{index_list([r['index'] for r in unsized])}): {unsized[0]['size_error']}; their params and MACs are the "
              f"kept-slice counts (upper bounds), and they cannot be exported")
-    eligible, budget_met = _within_budgets(cfg, fully_scored(ranked, scorer.n), latency_of, main,
-                                           run_dir if source is None else source)
+    full = fully_scored(ranked, scorer.n)
+    _say_ties(full, scorer.n, main)
+    eligible, budget_met = _within_budgets(cfg, full, latency_of, main, run_dir if source is None else source)
+    if budget_met and eligible[0]["index"] != full[0]["index"] and main:
+        b, e = full[0], eligible[0]
+        log(f"the budget changed the choice: candidate {e['index']} (val {e['val_acc']:.4f}, {e['params']:,} params, "
+            f"{e['macs']:,} MACs) is the best within it; the best overall, candidate {b['index']} (val {b['val_acc']:.4f}, "
+            f"{b['params']:,} params, {b['macs']:,} MACs), is over it")
     if setup["precision"] != "fp32":  # the finalists again in fp32: bf16 rounding must not pick the winner
         eligible = scorer.rank_fp32(eligible, cfg.top_k)
     return Selection(records, ranked, eligible, budget_met, scorer, setup, seconds)
+
+
+RACE_MIN_IMAGES = 2000  # racing looks at prefixes from 1/32 of the split: on fewer images its small passes cost more than they save
+
+
+def _say_ties(full: list[dict], n: int, main: bool) -> None:
+    """Several candidates at the best validation accuracy: the split cannot tell them apart (the tie
+    goes to fewer parameters, then the lower index); said, with the split's size."""
+    if not full or not main:
+        return
+    tied = [r for r in full if r["val_acc"] == full[0]["val_acc"]]
+    if len(tied) > 1:
+        warn(f"{len(tied)} candidates tie at the best validation accuracy ({round(full[0]['val_acc'] * n)} of {n} images): "
+             f"the validation split cannot tell them apart, so the one with fewer parameters is selected; a larger "
+             f"split (--val-size) ranks them")
 
 
 def _scores_to_keep(run_dir: Path, setup: dict, resume: bool, progress: bool, main: bool) -> dict[int, dict]:
