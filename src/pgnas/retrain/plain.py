@@ -30,9 +30,9 @@ from pgnas.export.from_run import DESCRIPTION_FORMAT, data_meta
 from pgnas.profile import count_macs
 from pgnas.search.checkpoint import atomic_write_bytes, atomic_write_text, load_resume_checkpoint, previous_path
 from pgnas.search.console import log
-from pgnas.search.distributed import barrier, init_from_env
+from pgnas.search.distributed import barrier
 from pgnas.search.epochs import run_training, truncate_metrics
-from pgnas.search.run import augment_for, check_resumable, load_run_data, prepare_run_dir, probe_network, resolve_device, set_threads
+from pgnas.search.run import augment_for, check_resumable, place, prepare_run_dir, probe_network
 from pgnas.search.scoring import accuracy
 from pgnas.search.signals import StopRequests
 from pgnas.search.train import PosteriorTrainer
@@ -171,14 +171,7 @@ class _Prepared:
 def _prepare(cfg: SearchConfig, run_dir: Path, model_file, reinit: bool, resume: bool, force: bool) -> _Prepared:
     """Data, the network (checked on two examples), the trainer (resumed from its checkpoint), and
     the folder's files; rank 0 writes."""
-    set_threads(cfg)
-    device = resolve_device(cfg.device)
-    dist = init_from_env(device.type)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    t0 = time.perf_counter()
-    data = load_run_data(cfg)
-    data_seconds = time.perf_counter() - t0
+    device, dist, data, data_seconds = place(cfg)
     net, name, aux_weight, _ = _network(cfg, data, model_file, reinit)
     probe_network(net, (data.in_channels, *data.image_size), name, f"{data.num_classes} classes of {data.in_channels}x"
                   f"{data.image_size[0]}x{data.image_size[1]} images")

@@ -163,18 +163,24 @@ def set_threads(cfg: SearchConfig) -> int:
     return n
 
 
+def place(cfg: SearchConfig) -> tuple[torch.device, Dist, Any, float]:
+    """Where a run computes and what it reads: torch's CPU threads set, the device (under torchrun
+    this rank's GPU), the process group, the data set with its splits, and the seconds loading took."""
+    set_threads(cfg)
+    device = resolve_device(cfg.device)
+    dist = init_from_env(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    t0 = time.perf_counter()
+    data = load_run_data(cfg)
+    return device, dist, data, time.perf_counter() - t0
+
+
 def build_run(cfg: SearchConfig) -> Run:
     """Load the data and build the instrumented super-network (no files written). Every input the
     network cannot take is found here: the network is built and runs one batch of two examples."""
     spec = get_supernet(cfg.supernet)
-    set_threads(cfg)
-    device = resolve_device(cfg.device)
-    d = init_from_env(device.type)
-    if d.enabled and device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-    t0 = time.perf_counter()
-    data = load_run_data(cfg)
-    data_seconds = time.perf_counter() - t0
+    device, d, data, data_seconds = place(cfg)
     augment = augment_for(cfg, data)
     cfg = cfg.replace(
         lambda_w=spec.lambda_w if cfg.lambda_w is None else cfg.lambda_w,

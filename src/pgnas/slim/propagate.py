@@ -430,18 +430,6 @@ class Propagation:
             plan.append((name if uniform else f"{name}_g{part[0][0]}", part, K, Oc, bias))
         return m, x, gi, plan
 
-    def _build_layer(self, n: fx.Node, O: list[int]) -> None:
-        m, x, gi, plan = self.layer_plan(n, O)
-        w = m.weight.detach()
-        outs = []
-        self.new_layers[str(n.target)] = []
-        for target, part, K, Oc, bias in plan:
-            weight = torch.cat([w[Og][:, [k - g * gi for k in Kg]] for g, Og, Kg, _ in part])
-            new = self._new_layer(m, len(K), len(Oc), len(part), weight, None if bias is None else bias.to(w.dtype))
-            self.new_layers[str(n.target)].append(target)
-            outs.append(self._copy_call(n, x, self.select(x, K), module=new, target=target))
-        self._set(n, outs[0] if len(outs) == 1 else self.g.call_function(torch.cat, (outs, 1)))
-
     def sizes(self) -> dict[str, Any]:
         """Parameters and MACs (one input) of the slim network :meth:`build` would write, and the
         conv/linear layers it would no longer have, counted from the same plans without building
@@ -468,7 +456,3 @@ class Propagation:
             present.add(str(n.target))
         gone = [name for name, mod in self.work.named_modules() if isinstance(mod, _CONV + (nn.Linear,)) and name not in present]
         return {"params": int(params), "macs": int(macs), "removed_layers": len(gone), "removed_layer_names": gone}
-
-    _build_conv = _build_layer
-    _build_linear = _build_layer
-

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from pgnas.slim.propagate import _CONV, Propagation
+from pgnas.slim.propagate import Propagation
 from pgnas.slim.trace import fail
 
 
@@ -164,33 +164,6 @@ class Slimmer(Propagation):
             self.new_layers[str(n.target)].append(target)
             outs.append(self._copy_call(n, x, self.select(x, K), module=new, target=target))
         self._set(n, outs[0] if len(outs) == 1 else self.g.call_function(torch.cat, (outs, 1)))
-
-    def sizes(self) -> dict[str, Any]:
-        """Parameters and MACs (one input) of the slim network :meth:`build` would write, and the
-        conv/linear layers it would no longer have, counted from the same plans without building
-        it (conv/linear weights and biases and BN's affine parameters are its only parameters)."""
-        params = macs = 0
-        present: set[str] = set()
-        for n in self.nodes:
-            k = self.kind[n]
-            if k not in ("conv", "linear", "bn"):
-                continue
-            O = torch.nonzero(self.live[n] & torch.isnan(self.cval[n])).flatten().tolist()
-            if not O:
-                continue
-            m = self.modules[n.target]
-            if k == "bn":
-                params += 2 * len(O) if m.affine else 0
-                continue
-            area = 1 if isinstance(m, nn.Linear) else math.prod(m.kernel_size)
-            spatial = math.prod(self.shapes[n][2:]) if len(self.shapes[n]) > 2 else 1
-            for _, part, K, Oc, bias in self.layer_plan(n, O)[3]:
-                per_group = len(K) // len(part)
-                params += len(Oc) * per_group * area + (len(Oc) if bias is not None else 0)
-                macs += spatial * len(Oc) * per_group * area
-            present.add(str(n.target))
-        gone = [name for name, mod in self.work.named_modules() if isinstance(mod, _CONV + (nn.Linear,)) and name not in present]
-        return {"params": int(params), "macs": int(macs), "removed_layers": len(gone), "removed_layer_names": gone}
 
     _build_conv = _build_layer
     _build_linear = _build_layer
