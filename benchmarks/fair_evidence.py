@@ -130,11 +130,13 @@ def within(records: list[dict], target: float) -> list[dict]:
     return [r for r in records if abs(r["params"] - target) <= MATCH * target and r.get("val_seen", 1) > 0]
 
 
-def narrow_width(target: float, data, widths=range(4, 65)) -> tuple[int, int]:
+def narrow_width(target: float, data, widths=range(4, 65), family: str = "shake-shake-8-2x{}d") -> tuple[int, int]:
+    """The width of the uniformly narrower network (``family`` formatted with it) whose parameters are
+    nearest ``target``, with that count."""
     best = None
     for w in widths:
         with torch.device("meta"):
-            m = get_supernet(f"shake-shake-8-2x{w}d").build(num_classes=data.num_classes, in_channels=data.in_channels)
+            m = get_supernet(family.format(w)).build(num_classes=data.num_classes, in_channels=data.in_channels)
         n = count_parameters(m)
         if best is None or abs(n - target) < abs(best[1] - target):
             best = (w, n)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Guided vs random on all 45,000 CIFAR-10 training images at 32x32 on one GPU, at most 330 s
+# The fair-evidence protocol at one operating point (PGNAS, random, narrow) on all 45,000 CIFAR-10
+# training images at 32x32 on one GPU, at most 330 s (its own budget: 300 s)
 # (benchmarks/gpu_evidence.py; writes OUT/gpu_evidence.json after every stage). Run from the
 # repository root with the device machine's python3 (never scripts/setup.sh):
 #   bash benchmarks/gpu_evidence.sh OUT_DIR [--cpu-smoke]     # CIFAR-10 from $PGNAS_CIFAR_DIR (default .data/)
