@@ -1,89 +1,136 @@
-"""The headline figure of the evidence benchmarks (docs/evidence.png), from their JSON results and
-the runs they left in benchmarks/runs/guided_vs_random:
+"""The README's evidence, drawn and tabulated from benchmarks/results/fair_evidence.json (written by
+benchmarks/fair_evidence.py): docs/evidence.png (test error against the deployed network's slim
+parameters for every arm at every operating point) and the Markdown table the README shows.
+``tests/test_readme_evidence.py`` checks the README's table against this script's output.
 
-1. selected test error against the number of candidates, guided and random (mean over seeds);
-2. candidate validation accuracies of all seeds, guided vs random (each run's own weights);
-3. the same trained posterior sampled with its learned p and with a uniform p of the same mean.
-
-    python benchmarks/plot_evidence.py [--out docs/evidence.png]
+    python benchmarks/plot_evidence.py [--json benchmarks/results/fair_evidence.json] [--out docs/evidence.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
-BLUE, RED, GREY = "#1f77b4", "#d62728", "#7f7f7f"
+
+# (arm, label in the table and legend; {c} candidates, {e} search epochs, {f} fine-tuning epochs, {n} super-network params)
+ARMS = [
+    ("pgnas", "**PGNAS**: best of {c} on validation, no fine-tuning"),
+    ("pgnas_finetuned", "PGNAS winner fine-tuned ({f})"),
+    ("pgnas_reinit", "PGNAS architecture trained from scratch ({e})"),
+    ("narrow", "narrower shake-shake trained from scratch ({e})"),
+    ("l1_layer_finetuned", "L1-pruned plain network, per layer, fine-tuned ({f})"),
+    ("l1_global_finetuned", "L1-pruned plain network, global, fine-tuned ({f})"),
+    ("random_protected", "random: fixed p (image and classifier inputs kept), best of {c}"),
+    ("random_protected_finetuned", "... fine-tuned ({f})"),
+    ("random_all", "random: fixed p on every layer (the paper's code), best of {c}"),
+    ("random_all_finetuned", "... fine-tuned ({f})"),
+    ("random_same_weights", "PGNAS weights, uniform p of the same size, best of {c}"),
+    ("plain", "the full super-network trained plainly ({n} params)"),
+]
 
 
-def val_accs(run_dir: Path) -> list[float]:
-    return [100 * json.loads(line)["val_acc"] for line in (run_dir / "candidates.jsonl").read_text().splitlines() if line.strip()]
+def labels(result: dict) -> dict[str, str]:
+    rows = result["rows"]
+    n = rows[0]["plain"]["params"]
+    epochs = lambda k: f"{k} epoch" + ("" if k == 1 else "s")  # noqa: E731
+    fill = {"c": result["config"]["candidates"], "e": epochs(result["config"]["epochs"]), "f": epochs(result["finetune"]["epochs"]),
+            "n": f"{n / 1e3:.0f}k"}
+    return {arm: label.format(**fill) for arm, label in ARMS}
+
+
+def arm_error(row: dict, arm: str) -> float | None:
+    if arm.endswith("_finetuned") and arm != "pgnas_finetuned":
+        a = row.get(arm[: -len("_finetuned")], {})
+        return 1 - a["finetuned"]["test_acc"] if a.get("finetuned") else None
+    a = row.get(arm, {})
+    return 1 - a["test_acc"] if "test_acc" in a else None
+
+
+def arm_params(row: dict, arm: str) -> float | None:
+    base = arm[: -len("_finetuned")] if arm.endswith("_finetuned") and arm != "pgnas_finetuned" else arm
+    a = row.get(base, {})
+    if base in ("pgnas_finetuned", "pgnas_reinit"):
+        return row["pgnas"]["params"]
+    return a.get("params")
+
+
+def points(result: dict) -> list[str]:
+    return sorted({r["point"] for r in result["rows"]}, key=lambda p: -float(p))
+
+
+def table(result: dict) -> str:
+    """Mean test error over the seeds (the seeds in brackets), per arm and operating point."""
+    pts = points(result)
+    rows = {p: [r for r in result["rows"] if r["point"] == p] for p in pts}
+    head = "| arm | " + " | ".join(f"{p} % point (lambda_w {rows[p][0]['lambda_w']:g})" for p in pts) + " |"
+    lines = [head, "|---|" + "---:|" * len(pts)]
+    for arm, label in labels(result).items():
+        cells = []
+        for p in pts:
+            errs = [e for e in (arm_error(r, arm) for r in rows[p]) if e is not None]
+            if not errs:
+                cells.append("-")
+                continue
+            each = ", ".join(f"{100 * e:.1f}" for e in errs)
+            cells.append(f"{100 * statistics.fmean(errs):.2f} % ({each})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    sizes = []
+    for p in pts:
+        params = [r["pgnas"]["params"] for r in rows[p]]
+        frac = statistics.fmean(r["pgnas"]["kept_fraction_of_supernet_params"] for r in rows[p])
+        sizes.append(f"{statistics.fmean(params) / 1e3:.0f}k ({100 * frac:.0f} %)")
+    lines.append("| deployed size: PGNAS winner's slim params (of the super-network's) | " + " | ".join(sizes) + " |")
+    return "\n".join(lines)
+
+
+def figure(result: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    for i, (arm, label) in enumerate(labels(result).items()):
+        xs, ys = [], []
+        for p in points(result):
+            rows = [r for r in result["rows"] if r["point"] == p]
+            pairs = [(arm_params(r, arm), arm_error(r, arm)) for r in rows]
+            pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+            if not pairs:
+                continue
+            xs.append(statistics.fmean(x for x, _ in pairs) / 1e3)
+            ys.append(100 * statistics.fmean(y for _, y in pairs))
+            ax.scatter([x / 1e3 for x, _ in pairs], [100 * y for _, y in pairs], s=8, color=colors[i % 20], alpha=0.5)
+        if arm == "plain" and ys:
+            ax.axhline(statistics.fmean(ys), color="black", ls=":", lw=1, label=label.replace("**", ""))
+            continue
+        if xs:
+            style = dict(lw=2.5, marker="*", ms=12) if arm == "pgnas" else dict(lw=1, marker="o", ms=4)
+            ax.plot(xs, ys, color="black" if arm == "pgnas" else colors[i % 20], label=label.replace("**", ""), **style)
+    ax.set_xlabel("deployed network: slim parameters (thousands)")
+    ax.set_ylabel("test error (%)")
+    cfg = result["config"]
+    ax.set_title(f"{cfg['dataset']} ({cfg.get('image_size') or 'native'} px), {cfg['supernet']}: "
+                 f"mean of {len({r['seed'] for r in result['rows']})} seeds", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=str(HERE / "results" / "fair_evidence.json"))
     ap.add_argument("--out", default=str(HERE.parent / "docs" / "evidence.png"))
-    ap.add_argument("--runs", default=str(HERE / "runs" / "guided_vs_random"))
     args = ap.parse_args()
-    res = HERE / "results"
-    nc = json.loads((res / "num_candidates.json").read_text())
-    gvr = json.loads((res / "guided_vs_random.json").read_text())
-    abl = json.loads((res / "guided_ablation.json").read_text())
-    runs = Path(args.runs)
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    ax = axes[0]
-    ns = nc["num_candidates"]
-    ax.plot(ns, [100 * e for e in nc["guided_test_error"]], "o-", color=BLUE, label="guided (learned p)")
-    ax.plot(ns, [100 * e for e in nc["random_test_error"]], "s-", color=RED, label=f"random (fixed p {gvr['random_drop_rate']:.3f})")
-    ax.axhline(100 * gvr["supernet_test_error"], color=BLUE, ls="--", lw=1, label="guided arm's super-network")
-    rs = [r["random_supernet_test_error"] for r in gvr["per_seed"]]
-    ax.axhline(100 * sum(rs) / len(rs), color=RED, ls="--", lw=1, label="random arm's super-network")
-    ax.set_xscale("log")
-    ax.set_xlabel("candidates evaluated")
-    ax.set_ylabel("selected network's test error (%)")
-    ax.set_title(f"Selection vs candidates ({len(nc['seeds'])} seeds)")
-    ax.legend(fontsize=8)
-
-    ax = axes[1]
-    g = [a for s in gvr["seeds"] for a in val_accs(runs / f"guided-s{s}")]
-    r = [a for s in gvr["seeds"] for a in val_accs(runs / f"random-s{s}")]
-    lo = min(min(g), min(r))
-    bins = [lo + i * (max(max(g), max(r)) - lo) / 40 for i in range(41)]
-    ax.hist(r, bins=bins, alpha=0.55, color=RED, label=f"random: mean {sum(r) / len(r):.1f}%")
-    ax.hist(g, bins=bins, alpha=0.55, color=BLUE, label=f"guided: mean {sum(g) / len(g):.1f}%")
-    ax.set_xlabel("candidate validation accuracy (%)")
-    ax.set_ylabel("candidates")
-    ax.set_title("Candidates, each arm's own weights")
-    ax.legend(fontsize=8)
-
-    ax = axes[2]
-    rows = abl["per_run"]
-    for k, row in enumerate(rows):
-        for j, (arm, color) in enumerate((("learned_p", BLUE), ("uniform_p", RED))):
-            v = row[arm]["val_acc"]
-            x = k + (j - 0.5) * 0.3
-            ax.errorbar(x, 100 * v["mean"], yerr=100 * v["std"], fmt="o", color=color, capsize=3,
-                        label=(("learned p" if arm == "learned_p" else "uniform p, same mean") if k == 0 else None))
-            ax.plot([x], [100 * v["max"]], marker="^", color=color, ms=5)
-    ax.set_xticks(range(len(rows)), [f"seed {row['seed']}" for row in rows])
-    ax.set_ylabel("candidate validation accuracy (%)")
-    ax.set_title("Same trained weights: learned vs uniform p")
-    ax.text(0.02, 0.02, "dot: mean +/- std, triangle: best", transform=ax.transAxes, fontsize=7, color=GREY)
-    ax.legend(fontsize=8)
-    fig.suptitle(f"PGNAS at small scale: {gvr['config']['supernet']}, CIFAR-10 ({gvr['config']['train_subset']} training images, "
-                 f"{gvr['config']['epochs']} epochs)", fontsize=11)
-    fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    result = json.loads(Path(args.json).read_text())
+    figure(result, Path(args.out))
+    print(table(result))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pgnas.search.checkpoint import atomic_write_text
 from pgnas.slim import slim_model
 from pgnas.slim.latency import device_name, latency_ms, network_key
 
+
 def read_candidates(path: Path) -> dict[int, dict]:
     """Candidates already scored (a resumed selection continues after them); a torn last line
     from a killed run is ignored."""
