@@ -261,8 +261,7 @@ def test_racing_a_small_split_and_ties_are_said(run, tmp_path, capsys):
     9-image validation split gave ties at the top, unsaid."""
     assert main(["sample", str(run), "--candidates", "4", "--race", "--out", str(tmp_path / "r"), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "--race: a validation split of 288 images is too small for racing" in err
-    assert all(r["val_seen"] == 288 for r in _records(tmp_path / "r"))
+    assert "--race: on a validation split of 288 images racing saves little" in err
     assert main(["search", "--supernet", "shake-shake-8-2x16d", "--epochs", "1", "--candidates", "6", "--val-size", "9",
                  "--out", str(tmp_path / "tiny"), "--quiet", "--threads", "1"]) == 0
     recs = _records(tmp_path / "tiny")

@@ -407,15 +407,17 @@ def _ensemble_members(run_dir: Path, budgets: dict, k: int, model: nn.Module, dr
         latency_of = cached_latency(run_dir, model, draw, input_shape, next(model.parameters()).device)
     limits = {"params": budgets["max_params"], "macs": budgets["max_macs"], "latency_ms": budgets["max_latency_ms"]}
     costs = {r["index"]: {"params": r["params"], "macs": r["macs"], "latency_ms": latency_of(r["index"]) if latency_of else 0.0}
-             for r in ranked} if any(v is not None for v in limits.values()) else {r["index"]: {} for r in ranked}
+             for r in ranked}
     members, total = [], {"params": 0.0, "macs": 0.0, "latency_ms": 0.0}
     for r in ranked:  # best first, a candidate taken when the members still missing can fit after it
         left = [c for c in ranked if c is not r and c not in members]
         cost = costs[r["index"]]
 
         def fits(key: str, lim) -> bool:
+            if lim is None:
+                return True
             cheapest = sorted(costs[c["index"]][key] for c in left)[: k - len(members) - 1]
-            return lim is None or total[key] + cost[key] + sum(cheapest) <= lim
+            return total[key] + cost[key] + sum(cheapest) <= lim
 
         if all(fits(key, lim) for key, lim in limits.items()):
             members.append(r)

@@ -77,12 +77,10 @@ def select(run: Run, run_dir: Path, *, resume: bool, progress: bool, stop: StopR
     latency_of = None
     if cfg.max_latency_ms:
         latency_of = cached_latency(run_dir if main else None, run.model, scorer.masks, scorer.input_shape, run.device)
-    if cfg.race and scorer.n < RACE_MIN_IMAGES:
-        if main:
-            warn(f"--race: a validation split of {scorer.n} images is too small for racing to save time (its looks are "
-                 f"small passes; it needs about {RACE_MIN_IMAGES}); scoring every candidate on the whole split instead")
-        records = _score_all(run, scorer, run_dir, done, stop, progress, command)
-    elif cfg.race:
+    if cfg.race and scorer.n < RACE_MIN_IMAGES and main:
+        warn(f"--race: on a validation split of {scorer.n} images racing saves little and costs more passes (its looks "
+             f"are small; it pays from about {RACE_MIN_IMAGES} images): scoring without --race is likely faster here")
+    if cfg.race:
         records = _race(run, scorer, run_dir, latency_of, stop, progress, command)
     else:
         records = _score_all(run, scorer, run_dir, done, stop, progress, command)
