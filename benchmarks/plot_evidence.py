@@ -86,6 +86,28 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def targets_table(result: dict) -> str:
+    """Per operating point: each target of the protocol, its numbers (mean test error, %) and met or
+    missed; then each arm's health (its super-network's test accuracy) and whether it was matched."""
+    lines = ["| point | target | numbers | met |", "|---|---|---|---|"]
+    for p, s in result["summary"].items():
+        for name, t in s["targets"].items():
+            nums = ", ".join(f"{k} {v:.3f}" if k == "ratio" else (f"{k} {v:+.2f} pts" if k == "gap_points" else f"{k} {100 * v:.2f} %")
+                             for k, v in t.items() if k != "met")
+            lines.append(f"| {p} % | {name} | {nums} | {'yes' if t['met'] else '**no**'} |")
+    lines += ["", "| point | arm | super-network (or network) test acc | at chance |", "|---|---|---:|---|"]
+    for p, s in result["summary"].items():
+        for arm, h in s["health"].items():
+            acc = h.get("supernet_test_acc", h.get("test_acc"))
+            lines.append(f"| {p} % | {arm} | {100 * acc:.2f} % | {'**yes**' if h.get('at_chance') else 'no'} |")
+    return "\n".join(lines)
+
+
+def seeds_label(result: dict) -> str:
+    seeds = sorted({r["seed"] for r in result["rows"]})
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
+
+
 def figure(result: dict, out: Path) -> Path:
     import matplotlib
 
@@ -115,7 +137,7 @@ def figure(result: dict, out: Path) -> Path:
     ax.set_ylabel("test error (%)")
     cfg = result["config"]
     ax.set_title(f"{cfg['dataset']} ({cfg.get('image_size') or 'native'} px), {cfg['supernet']}: "
-                 f"mean of {len({r['seed'] for r in result['rows']})} seeds", fontsize=10)
+                 f"{seeds_label(result)}", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -131,6 +153,8 @@ def main() -> None:
     result = json.loads(Path(args.json).read_text())
     figure(result, Path(args.out))
     print(table(result))
+    print()
+    print(targets_table(result))
 
 
 if __name__ == "__main__":
