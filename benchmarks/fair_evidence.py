@@ -25,6 +25,7 @@ continued from its files). Writes benchmarks/results/fair_evidence.json after ev
 
 from __future__ import annotations
 
+
 import argparse
 import json
 import math
@@ -47,6 +48,7 @@ from pgnas.search.scoring import candidate_bn, predict_probs
 from pgnas.search.ranking import rank, read_candidates
 from pgnas.search.tempering import SlimCosts
 from pgnas.supernets import get_supernet
+from plot_evidence import arm_error  # the same reading of a row as the figure and table (benchmarks/ is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -308,13 +310,7 @@ ARMS = ("pgnas", "pgnas_finetuned", "pgnas_reinit", "random_all", "random_all_fi
         "narrow", "plain")
 
 
-def test_error(row: dict, arm: str) -> float | None:
-    """An arm's test error in a row; ``X_finetuned`` is arm X's fine-tuned network."""
-    if arm.endswith("_finetuned") and arm != "pgnas_finetuned":
-        a = row.get(arm[: -len("_finetuned")], {})
-        return 1 - a["finetuned"]["test_acc"] if a.get("finetuned") else None
-    a = row.get(arm, {})
-    return 1 - a["test_acc"] if "test_acc" in a else None
+test_error = arm_error  # an arm's test error in a row; ``X_finetuned`` is arm X's fine-tuned network
 
 
 def summarise(rows: list[dict]) -> dict:
