@@ -21,6 +21,11 @@ continued from its files). Writes benchmarks/results/fair_evidence.json after ev
 
     python benchmarks/fair_evidence.py --points 80:LW 50:LW 25:LW [--seeds 0 1 2] [--data-dir DIR]
     python benchmarks/fair_evidence.py --quick       # digits, tiny budget: checks the script end to end
+    python benchmarks/fair_evidence.py --merge A.json B.json [--out OUT]   # one JSON from runs of other seeds
+
+``--merge`` joins the rows of result files written by separate runs (e.g. one seed per machine or
+session; the same protocol and configuration, which it checks) and recomputes the summary; a later
+file's row replaces an earlier one of the same point and seed. It trains nothing.
 """
 
 from __future__ import annotations
@@ -352,6 +357,36 @@ def summarise(rows: list[dict]) -> dict:
 
 RESULT: dict = {}
 
+SAME = ("protocol", "config", "finetune", "plain", "match")  # what runs must share for their rows to be joined
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from several runs' results: their rows (by point and seed; a later row of the same
+    point and seed replaces an earlier one), their summary recomputed. Runs of another protocol,
+    configuration, fine-tuning or matching rule are refused."""
+    if not results:
+        raise ValueError("merge: no results given")
+    first = results[0]
+    for r in results[1:]:
+        for key in SAME:
+            if r.get(key) != first.get(key):
+                raise ValueError(f"merge: the results differ in {key!r}; only runs of the same protocol can be joined")
+    rows: dict = {}
+    for r in results:
+        for row in r["rows"]:
+            rows[(row["point"], row["seed"])] = row
+    merged = {k: first[k] for k in SAME}
+    merged["points"] = {k: v for r in results for k, v in r["points"].items()}
+    merged["rows"] = sorted(rows.values(), key=lambda row: (row["seed"], -float(row["point"])))
+    merged["seeds"] = sorted({row["seed"] for row in merged["rows"]})
+    merged["runs"] = [{"seeds": r["seeds"], "machine": r["machine"], "date": r["date"], "wall_seconds": r.get("wall_seconds")}
+                      for r in results]
+    merged["machine"] = "; ".join(dict.fromkeys(r["machine"] for r in results))
+    merged["date"] = max(r["date"] for r in results)
+    merged["summary"] = summarise(merged["rows"])
+    merged["wall_seconds"] = round(sum(r.get("wall_seconds") or 0.0 for r in results), 1)
+    return merged
+
 
 def save(args) -> None:
     RESULT["summary"] = summarise(RESULT["rows"])
@@ -368,7 +403,20 @@ def main() -> None:
     ap.add_argument("--work", default=str(HERE / "runs" / "fair_evidence"))
     ap.add_argument("--out", default=str(HERE / "results" / "fair_evidence.json"))
     ap.add_argument("--quick", action="store_true", help="digits, tiny budget: checks the script end to end")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="join these result files (same protocol) into --out; trains nothing")
     args = ap.parse_args()
+    if args.merge:
+        missing = [f for f in args.merge if not Path(f).is_file()]
+        if missing:
+            raise SystemExit(f"fair_evidence: no result file {missing[0]}")
+        try:
+            merged = merge([json.loads(Path(f).read_text()) for f in args.merge])
+        except ValueError as e:
+            raise SystemExit(f"fair_evidence: {e}") from None
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(merged, indent=1) + "\n")
+        log(f"merged {len(merged['rows'])} rows (seeds {merged['seeds']}) into {args.out}")
+        return
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     base = {**preset_settings("cifar10-small"), "data_dir": args.data_dir}
     points = [(p.split(":")[0], float(p.split(":")[1])) for p in (args.points or [])]

@@ -103,6 +103,58 @@ def targets_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# What each arm trains to deliver its network: (path in a row, shared by every size?)
+COST_PARTS = {
+    "pgnas": [(("pgnas",), False)],
+    "pgnas_finetuned": [(("pgnas",), False), (("pgnas_finetuned",), False)],
+    "pgnas_reinit": [(("pgnas",), False), (("pgnas_reinit",), False)],
+    "narrow": [(("narrow",), False)],
+    "l1_layer_finetuned": [(("plain",), True), (("l1_layer", "finetuned"), False)],
+    "l1_global_finetuned": [(("plain",), True), (("l1_global", "finetuned"), False)],
+    "random_protected": [(("random_protected",), False)],
+    "random_protected_finetuned": [(("random_protected",), False), (("random_protected", "finetuned"), False)],
+    "random_all": [(("random_all",), False)],
+    "random_all_finetuned": [(("random_all",), False), (("random_all", "finetuned"), False)],
+    "random_same_weights": [(("pgnas",), False)],
+    "plain": [(("plain",), True)],
+}
+
+
+def _cost(row: dict, path: tuple) -> dict | None:
+    d = row
+    for key in path:
+        d = d.get(key) or {}
+    return d.get("cost")
+
+
+def costs_table(result: dict) -> str:
+    """Each arm's training cost to deliver its network: epochs (per size, and what is trained once
+    for every size) and the measured seconds at each point (mean over the seeds, each seed in
+    brackets; PGNAS's search includes scoring its candidates)."""
+    pts = points(result)
+    rows = {p: [r for r in result["rows"] if r["point"] == p] for p in pts}
+    lines = ["| arm | epochs of training | " + " | ".join(f"seconds, {p} % point" for p in pts) + " |",
+             "|---|---|" + "---:|" * len(pts)]
+    any_row = result["rows"][0]
+    for arm, label in labels(result).items():
+        parts = COST_PARTS[arm]
+        per_size = [c["epochs"] for path, shared in parts if not shared and (c := _cost(any_row, path))]
+        once = [c["epochs"] for path, shared in parts if shared and (c := _cost(any_row, path))]
+        epochs = " + ".join(str(e) for e in per_size) + (" per size" if per_size else "")
+        if once:
+            epochs = f"{' + '.join(str(e) for e in once)} once" + (f", then {epochs}" if per_size else "")
+        cells = []
+        for p in pts:
+            secs = []
+            for r in rows[p]:
+                cs = [_cost(r, path) for path, _ in parts]
+                if all(cs):
+                    secs.append(sum(c["seconds"] for c in cs))
+            cells.append(f"{statistics.fmean(secs):,.0f} ({', '.join(f'{x:,.0f}' for x in secs)})" if secs else "-")
+        lines.append(f"| {label.replace('**', '')} | {epochs or '-'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def seeds_label(result: dict) -> str:
     seeds = sorted({r["seed"] for r in result["rows"]})
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
@@ -155,6 +207,8 @@ def main() -> None:
     print(table(result))
     print()
     print(targets_table(result))
+    print()
+    print(costs_table(result))
 
 
 if __name__ == "__main__":

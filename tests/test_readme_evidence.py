@@ -29,6 +29,7 @@ def test_the_readme_evidence_table_is_the_json_as_printed():
     assert mod.table(result) in readme, "README's evidence table differs from `python benchmarks/plot_evidence.py`"
     results_md = (REPO / "benchmarks" / "RESULTS.md").read_text()
     assert mod.targets_table(result) in results_md, "RESULTS.md's targets table differs from plot_evidence.py's"
+    assert mod.costs_table(result) in results_md, "RESULTS.md's costs table differs from plot_evidence.py's"
 
 
 def test_the_table_is_the_mean_of_the_seeds():
@@ -41,3 +42,65 @@ def test_the_table_is_the_mean_of_the_seeds():
     table = mod.table(result)
     assert "| **PGNAS**: best of 30 on validation, no fine-tuning | 45.00 % (40.0, 50.0) |" in table
     assert "| the full super-network trained plainly (1k params) | 30.00 % (30.0, 30.0) |" in table
+
+
+def test_an_arms_cost_counts_everything_it_trains():
+    """L1 pruning costs the plain training (once for every size) plus its fine-tuning; the PGNAS
+    architecture retrained costs the search plus the retraining; seconds are means over the seeds."""
+    mod = _plot_evidence()
+    cost = lambda e, s: {"epochs": e, "images_seen": e * 10, "seconds": s}  # noqa: E731
+    row = lambda seed, k: {"point": "80", "lambda_w": 15.0, "seed": seed,  # noqa: E731
+                           "plain": {"test_acc": 0.7, "params": 1000, "cost": cost(8, 100.0 * k)},
+                           "pgnas": {"test_acc": 0.6, "params": 800, "kept_fraction_of_supernet_params": 0.8, "cost": cost(8, 200.0 * k)},
+                           "pgnas_reinit": {"test_acc": 0.65, "params": 800, "cost": cost(8, 90.0 * k)},
+                           "l1_layer": {"test_acc": 0.5, "params": 790, "finetuned": {"test_acc": 0.66, "cost": cost(2, 10.0 * k)}}}
+    result = {"rows": [row(0, 1), row(1, 2)], "config": {"candidates": 30, "epochs": 8}, "finetune": {"epochs": 2}}
+    table = mod.costs_table(result)
+    assert "| L1-pruned plain network, per layer, fine-tuned (2 epochs) | 8 once, then 2 per size | 165 (110, 220) |" in table
+    assert "| PGNAS architecture trained from scratch (8 epochs) | 8 + 8 per size | 435 (290, 580) |" in table
+    assert "| narrower shake-shake trained from scratch (8 epochs) | - | - |" in table
+
+
+def _fair_evidence():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # fair_evidence imports plot_evidence from its folder
+    try:
+        spec = importlib.util.spec_from_file_location("fair_evidence", REPO / "benchmarks" / "fair_evidence.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return mod
+
+
+def _result(seed_accs: dict, config=None):
+    """A fair-evidence result of one run: one row per (seed, pgnas test acc) at the 80 % point."""
+    rows = [{"point": "80", "lambda_w": 15.0, "seed": seed, "plain": {"test_acc": 0.7, "params": 1000},
+             "pgnas": {"test_acc": acc, "params": 800, "kept_fraction_of_supernet_params": 0.8, "supernet_test_acc": 0.65},
+             "narrow": {"test_acc": 0.62, "params": 790}} for seed, acc in seed_accs.items()]
+    return {"protocol": "p", "config": config or {"candidates": 30, "epochs": 8}, "finetune": {"epochs": 2}, "plain": {},
+            "match": 0.05, "points": {"80": 15.0}, "seeds": sorted(seed_accs), "machine": "m", "date": "2026-11-30",
+            "rows": rows, "wall_seconds": 10.0}
+
+
+def test_merging_runs_of_other_seeds_summarises_every_seed():
+    """Seeds run in separate sessions join into one result whose summary is over all of them."""
+    fe = _fair_evidence()
+    merged = fe.merge([_result({0: 0.6}), _result({1: 0.5})])
+    assert merged["seeds"] == [0, 1]
+    s = merged["summary"]["80"]
+    assert s["seeds"] == [0, 1]
+    assert abs(s["test_error"]["pgnas"] - 0.45) < 1e-12  # mean of 0.4 and 0.5
+    assert s["targets"]["pgnas_at_most_narrow"]["met"] is False  # 0.45 > 0.38
+    assert merged["wall_seconds"] == 20.0
+    # a later run's row of the same point and seed replaces the earlier one
+    again = fe.merge([_result({0: 0.6, 1: 0.5}), _result({1: 0.7})])
+    assert abs(again["summary"]["80"]["test_error"]["pgnas"] - 0.35) < 1e-12
+    assert len(again["rows"]) == 2
+
+
+def test_merging_runs_of_another_configuration_is_refused():
+    fe = _fair_evidence()
+    with pytest.raises(ValueError, match="config"):
+        fe.merge([_result({0: 0.6}), _result({1: 0.5}, config={"candidates": 300, "epochs": 8})])
