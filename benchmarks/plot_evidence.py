@@ -129,8 +129,9 @@ def _cost(row: dict, path: tuple) -> dict | None:
 
 def costs_table(result: dict) -> str:
     """Each arm's training cost to deliver its network: epochs (per size, and what is trained once
-    for every size) and the measured seconds at each point (mean over the seeds, each seed in
-    brackets; PGNAS's search includes scoring its candidates)."""
+    for every size) and the measured seconds at each point (the median over the seeds, each seed in
+    brackets: a run that shared the CPU with another job is slowed several times over, and the median
+    of three is not moved by one such run; PGNAS's search includes scoring its candidates)."""
     pts = points(result)
     rows = {p: [r for r in result["rows"] if r["point"] == p] for p in pts}
     lines = ["| arm | epochs of training | " + " | ".join(f"seconds, {p} % point" for p in pts) + " |",
@@ -150,7 +151,7 @@ def costs_table(result: dict) -> str:
                 cs = [_cost(r, path) for path, _ in parts]
                 if all(cs):
                     secs.append(sum(c["seconds"] for c in cs))
-            cells.append(f"{statistics.fmean(secs):,.0f} ({', '.join(f'{x:,.0f}' for x in secs)})" if secs else "-")
+            cells.append(f"{statistics.median(secs):,.0f} ({', '.join(f'{x:,.0f}' for x in secs)})" if secs else "-")
         lines.append(f"| {label.replace('**', '')} | {epochs or '-'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
