@@ -104,3 +104,39 @@ def test_merging_runs_of_another_configuration_is_refused():
     fe = _fair_evidence()
     with pytest.raises(ValueError, match="config"):
         fe.merge([_result({0: 0.6}), _result({1: 0.5}, config={"candidates": 300, "epochs": 8})])
+
+
+def _longer():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports fair_evidence, which imports plot_evidence
+    try:
+        spec = importlib.util.spec_from_file_location("fair_evidence_longer", REPO / "benchmarks" / "fair_evidence_longer.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return mod
+
+
+def test_the_longer_search_gaps_are_plain_minus_pgnas():
+    """The gaps the longer-search experiment turns on: winner's error above plain's, mean network's
+    accuracy below plain's, in points (positive: PGNAS behind)."""
+    mod = _longer()
+    pg = {"test_acc": 0.64, "params": 400, "kept_fraction_of_supernet_params": 0.8, "supernet_test_acc": 0.65,
+          "mean_p": 0.1, "cost": {"seconds": 300.0}}
+    row = mod.budget_row(pg, {"test_acc": 0.67, "cost": {"seconds": 200.0}}, 80, "x")
+    assert abs(row["gap_to_plain_points"] - 3.0) < 1e-9
+    assert abs(row["mean_network_below_plain_points"] - 2.0) < 1e-9
+    assert abs(row["pgnas_test_error"] - 0.36) < 1e-9 and abs(row["plain_test_error"] - 0.33) < 1e-9
+    table = mod.table({"budgets": [row]})
+    assert "| **PGNAS behind plain** (points of test error) | +3.00 |" in table
+    assert "| **mean network below plain** (points of test accuracy) | +2.00 |" in table
+
+
+def test_results_md_has_the_longer_search_table_as_printed():
+    result_file = REPO / "benchmarks" / "results" / "fair_evidence_longer.json"
+    if not result_file.is_file():
+        pytest.skip("benchmarks/results/fair_evidence_longer.json is not there yet")
+    mod = _longer()
+    assert mod.table(json.loads(result_file.read_text())) in (REPO / "benchmarks" / "RESULTS.md").read_text()
