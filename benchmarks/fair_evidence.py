@@ -360,6 +360,15 @@ RESULT: dict = {}
 SAME = ("protocol", "config", "finetune", "plain", "match")  # what runs must share for their rows to be joined
 
 
+def _comparable(key: str, value):
+    """What of ``value`` must agree for runs to be joined: the base configuration's ``lambda_w`` does
+    not (every arm runs at its point's own lambda_w, kept in ``points`` and in each row; the plain
+    arm trains with none), so a change of the preset's default does not split one protocol."""
+    if key == "config" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "lambda_w"}
+    return value
+
+
 def merge(results: list[dict]) -> dict:
     """One result from several runs' results: their rows (by point and seed; a later row of the same
     point and seed replaces an earlier one), their summary recomputed. Runs of another protocol,
@@ -369,14 +378,19 @@ def merge(results: list[dict]) -> dict:
     first = results[0]
     for r in results[1:]:
         for key in SAME:
-            if r.get(key) != first.get(key):
+            if _comparable(key, r.get(key)) != _comparable(key, first.get(key)):
                 raise ValueError(f"merge: the results differ in {key!r}; only runs of the same protocol can be joined")
+    points: dict = {}
+    for r in results:
+        for point, lw in r["points"].items():
+            if points.setdefault(point, lw) != lw:
+                raise ValueError(f"merge: point {point} ran at lambda_w {points[point]:g} and {lw:g}; only one can be joined")
     rows: dict = {}
     for r in results:
         for row in r["rows"]:
             rows[(row["point"], row["seed"])] = row
     merged = {k: first[k] for k in SAME}
-    merged["points"] = {k: v for r in results for k, v in r["points"].items()}
+    merged["points"] = points
     merged["rows"] = sorted(rows.values(), key=lambda row: (row["seed"], -float(row["point"])))
     merged["seeds"] = sorted({row["seed"] for row in merged["rows"]})
     merged["runs"] = [{"seeds": r["seeds"], "machine": r["machine"], "date": r["date"], "wall_seconds": r.get("wall_seconds")}

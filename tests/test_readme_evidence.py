@@ -106,6 +106,19 @@ def test_merging_runs_of_another_configuration_is_refused():
         fe.merge([_result({0: 0.6}), _result({1: 0.5}, config={"candidates": 300, "epochs": 8})])
 
 
+def test_merging_ignores_the_presets_default_lambda_w_but_not_a_points():
+    """Every arm runs at its point's own lambda_w: a run made after the preset's default moved (50 ->
+    15) joins the earlier ones; the same point at another lambda_w is refused."""
+    fe = _fair_evidence()
+    later = _result({2: 0.55}, config={"candidates": 30, "epochs": 8, "lambda_w": 15.0})
+    merged = fe.merge([_result({0: 0.6}, config={"candidates": 30, "epochs": 8, "lambda_w": 50.0}), later])
+    assert merged["seeds"] == [0, 2]
+    other_point = _result({1: 0.5})
+    other_point["points"] = {"80": 20.0}
+    with pytest.raises(ValueError, match="lambda_w"):
+        fe.merge([_result({0: 0.6}), other_point])
+
+
 def _longer():
     import sys
 
