@@ -210,6 +210,8 @@ def test_a_busy_machine_gets_the_threads_its_load_leaves(tmp_path, capsys, monke
     watch = SwingWatch()  # epochs that swing are said once, with what to do
     assert [watch.add(s) for s in (1.0, 1.1, 0.9, 1.0, 4.0, 5.0)] == [False, False, False, False, True, False]
     assert "--threads 1" in watch.advice()
+    compiled = SwingWatch()  # a --compile run's first epoch compiles: 83 s, then 8.7 s (measured), not a swing
+    assert [compiled.add(s) for s in (83.0, 8.7, 8.7, 8.6, 8.8, 8.7)] == [False] * 6
 
 
 def _records(folder):

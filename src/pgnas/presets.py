@@ -51,8 +51,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "lr_schedule": "step:90,140,160", "lambda_w": 100.0},
     # The paper's regime at CPU scale: an over-parameterised super-network for its data (5,000 CIFAR-10
     # images at 16x16), trained to near convergence, which the posterior prunes. lambda_w 15 is the
-    # operating point the fair evidence recommends (benchmarks/RESULTS.md): its winner keeps about 75 % of
-    # the parameters and is the closest to the plainly trained network (20 keeps 43 %, 25 keeps 28 %).
+    # operating point the fair evidence recommends (benchmarks/RESULTS.md, its numbers): its winner keeps
+    # about 80 % of the parameters and is the closest to the plainly trained network (20 keeps about
+    # half, 25 about a quarter).
     "cifar10-small": {"supernet": "shake-shake-8-2x32d", "dataset": "cifar10", "image_size": 16, "train_subset": 5000,
                       "val_size": 2000, "crop_pad": 2, "flip": True, "cutout": 0, "autoaugment": False, "epochs": 80,
                       "batch_size": 128, "lr": 0.1, "lr_schedule": "cosine", "grad_clip": 5.0, "momentum": 0.9, "tau": 0.2,

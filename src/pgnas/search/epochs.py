@@ -89,14 +89,20 @@ def run_training(trainer: PosteriorTrainer, cfg: SearchConfig, run_dir: Path, *,
 
 class SwingWatch:
     """Epoch times that swing (one over 3x the median of the ones before, or under a third of it) mean
-    another process competes for the CPU; said once, with what to do."""
+    another process competes for the CPU; said once, with what to do. A process's first epoch is not
+    compared: it carries torch.compile's compiling and the warm-up (83 s against 8.7 s for the next
+    ones in a `--compile` run of the cifar10-small preset), not a busy machine."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.first: float | None = None
         self.said = False
 
     def add(self, seconds: float) -> bool:
         """Record an epoch's seconds; True the first time they swing."""
+        if self.first is None:
+            self.first = seconds
+            return False
         before = sorted(self.seconds)
         self.seconds.append(seconds)
         if self.said or len(before) < 2:
