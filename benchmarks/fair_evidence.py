@@ -66,6 +66,13 @@ CHANCE = 0.15  # a super-network at or below this test accuracy is at chance (10
 CPU = torch.device("cpu")
 
 
+def machine() -> str:
+    """The machine a run's seconds belong to: CPU model, architecture, usable cores, torch."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "") if Path("/proc/cpuinfo").is_file() else ""
+    return f"{model + ', ' if model else ''}{platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}"
+
+
 def log(msg: str) -> None:
     print(f"[fair_evidence {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -449,7 +456,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     RESULT.update({"_t0": time.time(), "protocol": "benchmarks/RESULTS.md, Fair evidence", "config": base, "finetune": FT,
                    "plain": PLAIN, "match": MATCH, "points": dict(points), "seeds": args.seeds,
-                   "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
+                   "machine": machine(),
                    "date": time.strftime("%Y-%m-%d"), "rows": []})
     for seed in args.seeds:
         cfg = pgnas.SearchConfig.from_dict({**base, "seed": seed})

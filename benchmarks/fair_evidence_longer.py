@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 import pgnas
-from fair_evidence import PLAIN, SHARED, cost, log, search, train  # benchmarks/ is on sys.path
+from fair_evidence import PLAIN, SHARED, cost, log, machine, search, train  # benchmarks/ is on sys.path
 from pgnas.presets import preset_settings
 from pgnas.search.run import load_run_data
 
@@ -110,7 +109,7 @@ def main() -> None:
     result = {"question": "does a longer search close PGNAS's gap to the plainly trained network?",
               "protocol": "benchmarks/RESULTS.md, Fair evidence: what would change it", "config": base, "plain": PLAIN,
               "point": args.point, "lambda_w": args.lambda_w, "seed": args.seed, "budgets": budgets,
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
+              "machine": machine(),
               "date": time.strftime("%Y-%m-%d"), "wall_seconds": round(time.time() - t0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
