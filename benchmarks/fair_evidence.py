@@ -68,9 +68,9 @@ CPU = torch.device("cpu")
 
 def machine() -> str:
     """The machine a run's seconds belong to: CPU model, architecture, usable cores, torch."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "") if Path("/proc/cpuinfo").is_file() else ""
-    return f"{model + ', ' if model else ''}{platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}"
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    return ", ".join([*models[:1], platform.machine(), f"{len(os.sched_getaffinity(0))} cores", f"torch {torch.__version__}"])
 
 
 def log(msg: str) -> None:

@@ -13,11 +13,23 @@ REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "fair_evidence.json"
 
 
-def _plot_evidence():
-    spec = importlib.util.spec_from_file_location("plot_evidence", REPO / "benchmarks" / "plot_evidence.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module (benchmarks/ on sys.path while it loads: the scripts import
+    each other, fair_evidence_longer -> fair_evidence -> plot_evidence)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
     return mod
+
+
+def _plot_evidence():
+    return _benchmark("plot_evidence")
 
 
 def test_the_readme_evidence_table_is_the_json_as_printed():
@@ -62,16 +74,7 @@ def test_an_arms_cost_counts_everything_it_trains():
 
 
 def _fair_evidence():
-    import sys
-
-    sys.path.insert(0, str(REPO / "benchmarks"))  # fair_evidence imports plot_evidence from its folder
-    try:
-        spec = importlib.util.spec_from_file_location("fair_evidence", REPO / "benchmarks" / "fair_evidence.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return mod
+    return _benchmark("fair_evidence")
 
 
 def _result(seed_accs: dict, config=None):
@@ -120,16 +123,7 @@ def test_merging_ignores_the_presets_default_lambda_w_but_not_a_points():
 
 
 def _longer():
-    import sys
-
-    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports fair_evidence, which imports plot_evidence
-    try:
-        spec = importlib.util.spec_from_file_location("fair_evidence_longer", REPO / "benchmarks" / "fair_evidence_longer.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return mod
+    return _benchmark("fair_evidence_longer")
 
 
 def test_the_longer_search_gaps_are_plain_minus_pgnas():

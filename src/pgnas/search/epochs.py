@@ -95,13 +95,13 @@ class SwingWatch:
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
-        self.first: float | None = None
+        self.warming_up = True
         self.said = False
 
     def add(self, seconds: float) -> bool:
         """Record an epoch's seconds; True the first time they swing."""
-        if self.first is None:
-            self.first = seconds
+        if self.warming_up:
+            self.warming_up = False
             return False
         before = sorted(self.seconds)
         self.seconds.append(seconds)
