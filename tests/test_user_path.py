@@ -5,6 +5,10 @@ networks that cannot take the data, help texts, suggestions, presets in config f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,6 +187,33 @@ def test_threads_setting(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_busy_cores_reads_what_other_processes_use_now(tmp_path):
+    """The load a command's thread count subtracts is the present one, not the 1-minute average: a
+    fresh machine just out of `make setup` (pip kept the load average at 0.7) got 1 thread of 2.
+    Busy is user+nice+system+irq+softirq+steal; idle and iowait are not, and only the cores this
+    process may use count."""
+    from pgnas.search.run import _cpu_times, busy_cores
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  50 0 50 800 100 0 0 0 0 0\ncpu0 10 5 5 70 10 0 0 0 0 0\n"
+                    "cpu1 40 0 40 20 0 5 5 0 0 0\nintr 1 2 3\n")
+    assert _cpu_times({0, 1}, stat) == {0: (20, 100), 1: (90, 110)}
+    assert _cpu_times({1}, stat) == {1: (90, 110)}
+    assert busy_cores({0}, window=0.0, stat=stat) == 0.0  # nothing moved between the two reads
+    assert busy_cores({0}, window=0.0, stat=tmp_path / "missing") is None  # not Linux: the load average instead
+    if not Path("/proc/stat").is_file() or not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no /proc/stat here")
+    cpu = min(os.sched_getaffinity(0))
+    spin = subprocess.Popen([sys.executable, "-c", f"import os,time; os.sched_setaffinity(0, {{{cpu}}}); "
+                             "t=time.time()\nwhile time.time()-t<20: pass"])
+    try:
+        time.sleep(0.3)  # the spinner starts
+        assert busy_cores({cpu}, window=0.5) > 0.7  # one process spinning on that core: about one core busy
+    finally:
+        spin.kill()
+        spin.wait()
+
+
 def test_a_busy_machine_gets_the_threads_its_load_leaves(tmp_path, capsys, monkeypatch):
     """Issue 22.3: with another process on one of two cores, the quick start took 701 s at two
     threads against 26 s at one. Without --threads (or $OMP_NUM_THREADS), a command takes the cores
@@ -193,16 +224,16 @@ def test_a_busy_machine_gets_the_threads_its_load_leaves(tmp_path, capsys, monke
     assert [free_cores(2, load) for load in (0.0, 0.4, 0.6, 1.0, 2.7)] == [2, 2, 1, 1, 1]
     assert [free_cores(16, load) for load in (0.2, 3.4, 40.0)] == [16, 13, 1]
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("os.getloadavg", lambda: (1.1, 1.0, 1.0))
+    monkeypatch.setattr("pgnas.search.run.busy_cores", lambda cpus, **kw: 1.1)
     monkeypatch.setattr("pgnas.data.imagefolder.usable_cpus", lambda: 2)
     before = torch.get_num_threads()
     try:
         assert main(["search", "--epochs", "1", "--candidates", "2", "--out", str(tmp_path / "r")]) == 0
-        assert "the machine was busy when this started (load 1.1 on 2 cores): it used 1 thread" in capsys.readouterr().err
+        assert "the machine was busy when this started (other processes kept 1.1 of 2 cores busy): it used 1 thread" in capsys.readouterr().err
         assert main(["search", "--epochs", "0", "--out", str(tmp_path / "bad")]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1  # bad input stays one line
         assert pgnas.SearchConfig.from_toml(tmp_path / "r" / "config.toml").threads == 1
-        monkeypatch.setattr("os.getloadavg", lambda: (0.1, 0.1, 0.1))
+        monkeypatch.setattr("pgnas.search.run.busy_cores", lambda cpus, **kw: 0.1)
         assert main(["search", "--epochs", "1", "--candidates", "2", "--threads", "1", "--out", str(tmp_path / "q")]) == 0
         assert "busy" not in capsys.readouterr().err  # --threads given: no decision to make
     finally:

@@ -222,7 +222,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _threads_for(args: argparse.Namespace) -> dict[str, int]:
     """``threads`` for a command started without ``--threads`` (and without $OMP_NUM_THREADS, which
-    torchrun sets): the cores the machine's load leaves free, said in one line when that is fewer
+    torchrun sets): the cores other processes leave free now, said in one line when that is fewer
     than the usable cores. Recorded in config.toml, so ``--resume`` continues with the same."""
     import os
 
@@ -232,7 +232,7 @@ def _threads_for(args: argparse.Namespace) -> dict[str, int]:
         return {}
     threads, usable, load = auto_threads()
     if threads < usable and _rank() == 0:  # said when the command ends: an input error stays one line
-        _NOTES.append(f"pgnas: the machine was busy when this started (load {load:.1f} on {usable} cores): it used {threads} "
+        _NOTES.append(f"pgnas: the machine was busy when this started (other processes kept {load:.1f} of {usable} cores busy): it used {threads} "
                       f"thread{'s' if threads > 1 else ''} (--threads N sets it)")
     return {"threads": threads}
 

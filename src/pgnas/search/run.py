@@ -132,21 +132,65 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
 
 def free_cores(usable: int, load: float) -> int:
     """CPU threads for a run started on ``usable`` cores while other processes keep about ``load``
-    of them busy (the 1-minute load average): the cores left, at least one. Oversubscribed threads
-    (two runs of two threads on two cores) make a CPU epoch many times slower (measured: the quick
-    start 701 s against 26 s); one thread too few costs far less."""
+    of them busy: the cores left, at least one. Oversubscribed threads (two runs of two threads on
+    two cores) make a CPU epoch many times slower (measured: the quick start 701 s against 26 s);
+    one thread too few costs far less."""
     return max(1, usable - int(round(max(0.0, load))))
 
 
+def _cpu_times(cpus: set[int], stat: Path) -> dict[int, tuple[int, int]]:
+    """(busy, total) jiffies of each CPU in ``cpus`` from a /proc/stat-format file."""
+    times = {}
+    for line in stat.read_text().splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        cpu = int(name[3:])
+        if cpu in cpus:
+            fields = [int(x) for x in rest.split()]
+            idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+            total = sum(fields[:8])  # guest time is already inside user and nice
+            times[cpu] = (total - idle, total)
+    return times
+
+
+def busy_cores(cpus: set[int], window: float = 0.3, stat: Path = Path("/proc/stat")) -> float | None:
+    """How many of ``cpus`` other processes keep busy now: their busy share over ``window`` seconds
+    (this process sleeps meanwhile), summed. None where /proc/stat is not there (not Linux).
+
+    Unlike the 1-minute load average this sees the present: the pip install or the run that has
+    just ended no longer counts."""
+    try:
+        before = _cpu_times(cpus, stat)
+        time.sleep(window)
+        after = _cpu_times(cpus, stat)
+    except (OSError, ValueError, IndexError):
+        return None
+    busy = 0.0
+    for cpu, (b1, t1) in after.items():
+        b0, t0 = before.get(cpu, (b1, t1))
+        if t1 > t0:
+            busy += min(1.0, max(0.0, (b1 - b0) / (t1 - t0)))
+    return busy if after else None
+
+
 def auto_threads() -> tuple[int, int, float]:
-    """(threads, usable cores, load): the threads :func:`free_cores` gives this process now."""
+    """(threads, usable cores, load): the threads :func:`free_cores` gives this process now, where
+    load is the cores other processes keep busy (:func:`busy_cores`; the 1-minute load average
+    where /proc/stat is missing)."""
     from pgnas.data.imagefolder import usable_cpus
 
     usable = usable_cpus()
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on Unix
-        load = 0.0
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not on Linux
+        cpus = set()
+    load = busy_cores(cpus) if cpus else None
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not on Unix
+            load = 0.0
     return free_cores(usable, load), usable, load
 
 
