@@ -454,6 +454,9 @@ def main() -> None:
     elif not any((Path(args.data_dir) / f).exists() for f in ("cifar10-jpeg.tar.gz", "cifar-10-python.tar.gz")):
         raise SystemExit(f"fair_evidence: no CIFAR-10 in {args.data_dir} (give --data-dir)")
     work.mkdir(parents=True, exist_ok=True)
+    log(f"machine: {machine()}")
+    with open(work / "machines.txt", "a") as f:  # a seed resumed in a later session may run on another machine
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {machine()}\n")
     RESULT.update({"_t0": time.time(), "protocol": "benchmarks/RESULTS.md, Fair evidence", "config": base, "finetune": FT,
                    "plain": PLAIN, "match": MATCH, "points": dict(points), "seeds": args.seeds,
                    "machine": machine(),
