@@ -1,5 +1,6 @@
 """The README runs: every fenced shell command and Python snippet of README.md, in order, in one
-temporary folder, must exit 0. The README can then no longer drift from the program.
+temporary folder, must exit 0, and the quick start must reach the accuracy the README gives. The
+README can then no longer drift from the program.
 
 Commands are run exactly as written, except those the table SKIP names (with the reason: they
 need a GPU, a data set that cannot be downloaded here, the repository checkout, or hours), which
@@ -9,6 +10,7 @@ earlier README command)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -85,7 +87,7 @@ def test_readme_parses_and_every_skip_is_still_needed():
 def test_every_readme_command_and_snippet_runs(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PGNAS_CACHE": str(tmp_path / "cache")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # pgnas, python, torchrun of this environment
-    ran, skipped = 0, []
+    ran, skipped, checked_quick_start = 0, [], False
     for n, (kind, text, line) in enumerate(readme_steps()):
         if kind == "bash":
             reason = skip_reason(text)
@@ -102,5 +104,11 @@ def test_every_readme_command_and_snippet_runs(tmp_path):
             script.write_text(text)
             proc = subprocess.run([sys.executable, script.name], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"README line {line}: {text.strip()[:200]}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
+        if text.startswith("pgnas search --out runs/first "):  # the quick start keeps what the README says of it
+            summary = json.loads((tmp_path / "runs" / "first" / "summary.json").read_text())
+            assert summary["num_candidates"] == 100 and summary["epochs"] == 40
+            assert summary["selected"]["test_acc"] >= 0.95, summary["selected"]  # README: "typically 97-99%"
+            checked_quick_start = True
         ran += 1
+    assert checked_quick_start
     assert ran > 25, (ran, skipped)

@@ -126,13 +126,6 @@ def test_learned_p_moves_and_weights_prior_pushes_p_up(tmp_path, small_config):
     assert res.summary["posterior"]["mean_p"] > 0.12
 
 
-@pytest.mark.slow
-def test_embedded_default_reaches_95_percent(tmp_path):
-    res = pgnas.search(pgnas.SearchConfig(out=str(tmp_path / "run")), progress=False)
-    assert res.selected["test_acc"] >= 0.95
-    assert res.summary["num_candidates"] == 100
-
-
 def test_default_n_of_the_kl_term():
     from pgnas.search.run import default_n_data
 
