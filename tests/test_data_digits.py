@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
 from pgnas.data import digits
 
 
-def test_digits_file_read_equals_sklearn_load_digits(monkeypatch):
+def test_digits_file_read_equals_sklearn_load_digits(monkeypatch, tmp_path):
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -19,6 +20,12 @@ def test_digits_file_read_equals_sklearn_load_digits(monkeypatch):
     assert pixels.shape == (1797, 64) and np.array_equal(pixels, bunch.data)
     assert labels.dtype == np.int64 and np.array_equal(labels, bunch.target)
     monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)  # the file not found: scikit-learn loads it
+    fallback = digits.digits_arrays()
+    assert np.array_equal(fallback[0], bunch.data) and np.array_equal(fallback[1], bunch.target)
+    damaged = tmp_path / "sklearn" / "datasets" / "data" / "digits.csv.gz"  # a damaged file: scikit-learn loads it too
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not gzip")
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: SimpleNamespace(origin=str(tmp_path / "sklearn" / "__init__.py")))
     fallback = digits.digits_arrays()
     assert np.array_equal(fallback[0], bunch.data) and np.array_equal(fallback[1], bunch.target)
 

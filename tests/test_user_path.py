@@ -208,7 +208,10 @@ def test_busy_cores_reads_what_other_processes_use_now(tmp_path):
                              "t=time.time()\nwhile time.time()-t<20: pass"])
     try:
         time.sleep(0.3)  # the spinner starts
-        assert busy_cores({cpu}, window=0.5) > 0.7  # one process spinning on that core: about one core busy
+        busy = busy_cores({cpu}, window=0.5)
+        if busy is None:  # /proc/stat numbers the CPUs otherwise than the affinity mask (lxcfs)
+            pytest.skip("/proc/stat has no line for this process's CPU")
+        assert busy > 0.7  # one process spinning on that core: about one core busy
     finally:
         spin.kill()
         spin.wait()

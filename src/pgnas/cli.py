@@ -232,7 +232,7 @@ def _threads_for(args: argparse.Namespace) -> dict[str, int]:
         return {}
     threads, usable, load = auto_threads()
     if threads < usable and _rank() == 0:  # said when the command ends: an input error stays one line
-        _NOTES.append(f"pgnas: the machine was busy when this started (other processes kept {load:.1f} of {usable} cores busy): it used {threads} "
+        _NOTES.append(f"pgnas: the machine was busy when this started (other processes kept {min(load, usable):.1f} of {usable} cores busy): it used {threads} "
                       f"thread{'s' if threads > 1 else ''} (--threads N sets it)")
     return {"threads": threads}
 

@@ -30,8 +30,11 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     spec = importlib.util.find_spec("sklearn")
     path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
     if path is not None and path.is_file():
-        data = np.loadtxt(path, delimiter=",", dtype=np.float64)
-        if data.shape == (1797, 65):
+        try:
+            data = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        except (OSError, ValueError):  # damaged: scikit-learn's loader says what is wrong
+            data = None
+        if data is not None and data.shape == (1797, 65):
             return data[:, :64], data[:, 64].astype(np.int64)
     from sklearn.datasets import load_digits as _load
 
