@@ -101,6 +101,12 @@ def test_merging_runs_of_other_seeds_summarises_every_seed():
     again = fe.merge([_result({0: 0.6, 1: 0.5}), _result({1: 0.7})])
     assert abs(again["summary"]["80"]["test_error"]["pgnas"] - 0.35) < 1e-12
     assert len(again["rows"]) == 2
+    # a merged result merged again keeps every run it was made of (seed 2 joined to seeds 0 and 1)
+    third = _result({2: 0.55})
+    third["machine"] = "m2"
+    thrice = fe.merge([merged, third])
+    assert [run["seeds"] for run in thrice["runs"]] == [[0], [1], [2]] and thrice["wall_seconds"] == 30.0
+    assert thrice["machine"] == "m; m2" and thrice["seeds"] == [0, 1, 2]
 
 
 def test_merging_runs_of_another_configuration_is_refused():
