@@ -1,7 +1,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup search test test-fast clean
+.PHONY: setup search test clean
 
 $(VENV)/.pgnas-installed: pyproject.toml constraints.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -13,9 +13,9 @@ setup: $(VENV)/.pgnas-installed
 search: setup
 	$(VENV)/bin/pgnas search $(ARGS)
 
-## Set everything up and run the whole test suite.
+## Set everything up and run the whole test suite, one pytest-xdist worker per core (longest tests first).
 test: setup
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+	$(VENV)/bin/python -m pytest -q -n auto --dist worksteal $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,11 +7,34 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-# Keep the suite predictable on small CI machines (PGNAS_TEST_THREADS overrides, e.g. 1 beside a benchmark).
-# $OMP_NUM_THREADS also tells the CLI's commands, run in this process or in subprocesses, not to choose their
-# threads from the machine's load (tests compare runs bit for bit).
-torch.set_num_threads(int(os.environ.get("PGNAS_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
-os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+# Keep the suite predictable on small CI machines: torch's threads are the cores shared out among the
+# pytest-xdist workers (`make test` runs one per core: one thread each), at most 2; PGNAS_TEST_THREADS
+# overrides (e.g. 1 beside a benchmark). $OMP_NUM_THREADS, assigned the same number, also tells the CLI's
+# commands, run in this process or in subprocesses, not to choose their threads from the machine's load
+# (tests compare runs bit for bit), and keeps them from oversubscribing the cores the other workers use.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = int(os.environ.get("PGNAS_TEST_THREADS", max(1, min(2, (os.cpu_count() or 1) // WORKERS))))
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+# The longest test files start first, so that the workers finish together (durations on the 2-core VM);
+# whole files, so that a module-scoped fixture is not built twice in one worker
+LONG_FIRST = (
+    "test_readme.py::",
+    "test_pruning_regime.py::",
+    "test_distributed.py::",
+    "test_gpu_readiness.py::",
+    "test_export_slim.py::",
+    "test_reliability.py::",
+    "test_tempering.py::",
+    "test_racing.py::",
+    "test_retrain.py::",
+    "test_data_imagenet.py::",
+)
+
+def pytest_collection_modifyitems(items):
+    """Long tests first, in a fixed order (every xdist worker must collect the same order)."""
+    items.sort(key=lambda item: next((i for i, key in enumerate(LONG_FIRST) if key in item.nodeid), len(LONG_FIRST)))
 
 
 @pytest.fixture

@@ -76,7 +76,8 @@ def test_bad_inputs_are_one_line_errors(exported, tmp_path):
             for k in range(6):
                 Image.new("L", (8, 8), 40 * k).save(tmp_path / "two" / split / c / f"{k}.png")
     with pytest.raises(pgnas.PgnasError, match="predicts 10 classes"):
-        train(pgnas.SearchConfig(dataset="imagefolder", data_dir=str(tmp_path / "two"), out=str(tmp_path / "x")), model_file=exported)
+        train(pgnas.SearchConfig(dataset="imagefolder", data_dir=str(tmp_path / "two"), out=str(tmp_path / "x"),
+                                 data_cache=str(tmp_path / "cache")), model_file=exported)
     with pytest.raises(pgnas.PgnasError, match="no model file"):
         train(pgnas.SearchConfig(out=str(tmp_path / "y")), model_file=tmp_path / "none.pt")
     with pytest.raises(pgnas.PgnasError, match="no weight decay"):
@@ -113,6 +114,7 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(exported, tmp_path):
 def test_train_and_evaluate_use_the_model_files_own_data_set(tmp_path, monkeypatch):
     """Issue 20.9: `pgnas train MODEL` trained on digits whatever the model's data set, and
     `pgnas evaluate` of an ImageFolder model needed --data-dir although the file could record it."""
+    monkeypatch.setenv("PGNAS_CACHE", str(tmp_path / "cache"))  # evaluate() caches too: not in the user's cache
     from data_fixtures import make_imagefolder
 
     from pgnas.cli import main

@@ -187,6 +187,28 @@ def test_threads_setting(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_torchrun_processes_share_the_cores(monkeypatch):
+    """$OMP_NUM_THREADS=2 left in a shell made 2 torchrun ranks on 2 cores sample 4-5x slower than at
+    one thread each: each rank takes its share of the cores."""
+    from pgnas.search.run import set_threads
+
+    monkeypatch.setattr("pgnas.data.imagefolder.usable_cpus", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert set_threads(pgnas.SearchConfig()) == 2 and torch.get_num_threads() == 2
+        torch.set_num_threads(4)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # more processes than cores: one thread each
+        assert set_threads(pgnas.SearchConfig()) == 1
+        assert set_threads(pgnas.SearchConfig(threads=3)) == 3  # an explicit --threads is kept
+        torch.set_num_threads(4)
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        assert set_threads(pgnas.SearchConfig()) == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_busy_cores_reads_what_other_processes_use_now(tmp_path):
     """The load a command's thread count subtracts is the present one, not the 1-minute average: a
     fresh machine just out of `make setup` (pip kept the load average at 0.7) got 1 thread of 2.

@@ -196,12 +196,18 @@ def auto_threads() -> tuple[int, int, float]:
 
 def set_threads(cfg: SearchConfig) -> int:
     """Torch's CPU threads: ``cfg.threads`` when given; otherwise what torch has (e.g.
-    $OMP_NUM_THREADS, which torchrun sets to 1 per process), but never more than the cores this
-    process may use (its affinity: SLURM, taskset). Oversubscribed threads can make a CPU epoch a
-    hundred times slower."""
+    $OMP_NUM_THREADS, which torchrun sets to 1 per process where it is unset), but never more than
+    this process's share of the cores it may use (its affinity: SLURM, taskset), shared among
+    torchrun's processes on this machine ($LOCAL_WORLD_SIZE). Oversubscribed threads can make a CPU
+    epoch a hundred times slower: 2 ranks sampling 30 digits candidates on 2 cores took 56-81 s at 2
+    threads each ($OMP_NUM_THREADS=2 left in the shell), 14-15 s at 1 thread each."""
     from pgnas.data.imagefolder import usable_cpus
 
-    n = cfg.threads or min(torch.get_num_threads(), usable_cpus())
+    try:
+        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        local_ranks = 1
+    n = cfg.threads or min(torch.get_num_threads(), max(1, usable_cpus() // local_ranks))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -1,0 +1,81 @@
+"""How long the test suite takes: runs it as `make test` does (pytest-xdist, one worker per core,
+longest tests first) or serially (`--workers 0`), and records the wall time, the counts and the
+slowest tests with the machine it ran on. Each run is appended, so that a change is measured
+before and after on one machine (compare runs only within one machine and day).
+
+    python benchmarks/suite_time.py [--workers auto|0|N] [-- extra pytest arguments]
+Appends to benchmarks/results/test_suite.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def parse(output: str) -> dict:
+    """Counts from pytest's last line and the --durations table."""
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", output.splitlines()[-1])}
+    slowest = [{"seconds": float(s), "when": w, "test": t}
+               for s, w, t in re.findall(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)", output, flags=re.M)]
+    return {"counts": counts, "slowest": slowest}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", default="auto", help="pytest-xdist workers: auto (one per core, as `make test`), 0 (serial) or N")
+    ap.add_argument("--out", default=str(HERE / "results" / "test_suite.json"))
+    ap.add_argument("--note", default="", help="what this run measures (kept in the record)")
+    ap.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
+    args = ap.parse_args()
+    cmd = [sys.executable, "-m", "pytest", "-q", "--durations=15", "-p", "no:cacheprovider"]
+    if args.workers != "0":
+        cmd += ["-n", args.workers, "--dist", "worksteal"]
+    cmd += args.pytest_args
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    import torch
+
+    record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "note": args.note,
+              "command": " ".join(["python"] + cmd[1:]), "workers": args.workers, "exit_status": proc.returncode,
+              "wall_seconds": round(wall, 1), "machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
+                                                           "arch": platform.machine(), "torch": torch.__version__,
+                                                           "python": platform.python_version()},
+              **parse(proc.stdout)}
+    out = Path(args.out)
+    runs = json.loads(out.read_text()) if out.exists() else []
+    runs.append(record)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(runs, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"{record['wall_seconds']:.0f} s ({wall / 60:.1f} min), exit {proc.returncode}, {record['counts']} on "
+          f"{record['machine']['cpu']} ({record['machine']['cores']} cores); appended to {out}")
+    if proc.returncode:
+        print(proc.stdout[-3000:], file=sys.stderr)
+    sys.exit(proc.returncode)
+
+
+if __name__ == "__main__":
+    main()
