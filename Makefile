@@ -13,9 +13,10 @@ setup: $(VENV)/.pgnas-installed
 search: setup
 	$(VENV)/bin/pgnas search $(ARGS)
 
-## Set everything up and run the whole test suite, one pytest-xdist worker per core (longest tests first).
+## Set everything up and run the whole test suite: one pytest-xdist worker per core (at most 8), the
+## longest tests first, handed out one at a time.
 test: setup
-	$(VENV)/bin/python -m pytest -q -n auto --dist worksteal $(ARGS)
+	$(VENV)/bin/python -m pytest -q -n auto --dist load --maxschedchunk 1 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -400,13 +400,16 @@ def merge(results: list[dict]) -> dict:
     merged["points"] = points
     merged["rows"] = sorted(rows.values(), key=lambda row: (row["seed"], -float(row["point"])))
     merged["seeds"] = sorted({row["seed"] for row in merged["rows"]})
-    merged["runs"] = [run for r in results  # a result merged before brings its own runs
-                      for run in r.get("runs") or [{"seeds": r["seeds"], "machine": r["machine"], "date": r["date"],
-                                                    "wall_seconds": r.get("wall_seconds")}]]
+    runs = {}  # a result merged before brings its own runs; a run given twice counts once
+    for r in results:
+        for run in r.get("runs") or [{"seeds": r["seeds"], "machine": r["machine"], "date": r["date"],
+                                      "wall_seconds": r.get("wall_seconds")}]:
+            runs.setdefault(json.dumps(run, sort_keys=True), run)
+    merged["runs"] = list(runs.values())
     merged["machine"] = "; ".join(dict.fromkeys(run["machine"] for run in merged["runs"]))
     merged["date"] = max(r["date"] for r in results)
     merged["summary"] = summarise(merged["rows"])
-    merged["wall_seconds"] = round(sum(r.get("wall_seconds") or 0.0 for r in results), 1)
+    merged["wall_seconds"] = round(sum(run.get("wall_seconds") or 0.0 for run in merged["runs"]), 1)
     return merged
 
 

@@ -107,6 +107,9 @@ def test_merging_runs_of_other_seeds_summarises_every_seed():
     thrice = fe.merge([merged, third])
     assert [run["seeds"] for run in thrice["runs"]] == [[0], [1], [2]] and thrice["wall_seconds"] == 30.0
     assert thrice["machine"] == "m; m2" and thrice["seeds"] == [0, 1, 2]
+    # a run given twice (the merged file and one of its parts) counts once
+    given_twice = fe.merge([thrice, third])
+    assert [run["seeds"] for run in given_twice["runs"]] == [[0], [1], [2]] and given_twice["wall_seconds"] == 30.0
 
 
 def test_merging_runs_of_another_configuration_is_refused():

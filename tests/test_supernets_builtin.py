@@ -27,6 +27,41 @@ def _instrument(name: str, num_classes: int = 10, in_channels: int = 3):
 
 
 # ---------------------------------------------------------------- parameter counts
+def test_listed_sizes_are_those_of_the_built_networks():
+    """`pgnas supernets` lists stored sizes (it does not build every network): each built-in,
+    rebuilt and instrumented, has exactly those params, MACs, layers and p groups."""
+    import pprint
+
+    from pgnas.cli import supernet_rows
+    from pgnas.supernets.listed_sizes import LISTED_SIZES
+
+    measured = {r["name"]: {k: r[k] for k in ("params", "macs", "layers", "groups")} for r in supernet_rows(measure=True)}
+    assert measured == LISTED_SIZES, "paste into src/pgnas/supernets/listed_sizes.py:\n" + pprint.pformat(measured, sort_dicts=False)
+
+
+def test_the_listing_builds_only_a_registered_supernet(monkeypatch):
+    """Built-ins are listed from the stored table without building them; a super-network the user
+    registered is built and measured (its numbers worked out by hand)."""
+    import pgnas.cli
+    from pgnas.supernets import SupernetSpec, list_supernets, registry
+
+    def tiny(num_classes=10, in_channels=3):
+        return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, num_classes))
+
+    builtins = list_supernets()
+    measured = []
+    real = pgnas.cli.supernet_sizes
+    monkeypatch.setattr(pgnas.cli, "supernet_sizes", lambda spec: measured.append(spec.name) or real(spec))
+    monkeypatch.setitem(registry._REGISTRY, "tiny-user", SupernetSpec(name="tiny-user", factory=tiny, description="t"))
+    monkeypatch.setattr("pgnas.supernets.list_supernets", lambda: builtins + [registry._REGISTRY["tiny-user"]])
+    rows = {r["name"]: r for r in pgnas.cli.supernet_rows()}
+    assert measured == ["tiny-user"] and len(rows) == len(builtins) + 1
+    row = rows["tiny-user"]
+    conv, fc = 3 * 4 * 9 + 4, 4 * 30 * 30 * 10 + 10  # parameters with biases
+    assert (row["params"], row["layers"], row["groups"]) == (conv + fc, 2, 2)
+    assert row["macs"] == 4 * 30 * 30 * 3 * 9 + 10 * 4 * 30 * 30  # outputs x inputs x kernel area, no bias
+
+
 def test_supnet_ei_params_match_paper_within_3pct():
     n = count_parameters(get_supernet("supnet-ei").build(10, 3))
     assert abs(n - 15.3e6) / 15.3e6 < 0.03, n

@@ -319,25 +319,31 @@ def _config_file_settings(path: str) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in named}
 
 
-def supernet_rows() -> list[dict[str, Any]]:
-    """Every listed built-in super-network: params, MACs at its native input size (3 channels;
-    1000 classes at 224, 10 at 32), instrumented layers and p groups."""
+def supernet_sizes(spec) -> dict[str, int]:
+    """A super-network's params, MACs at its native input size (3 channels; 1000 classes at 224,
+    10 at 32), instrumented layers and p groups, measured by building it."""
     from pgnas.posterior import count_parameters, instrument
     from pgnas.profile import count_macs
+
+    model = spec.build(num_classes=1000 if spec.input_size >= 224 else 10, in_channels=3)
+    params = count_parameters(model)
+    macs = count_macs(model, (3, spec.input_size, spec.input_size))
+    post = instrument(model, groups=spec.groups(model) if spec.groups else None,
+                      exclude=spec.exclude(model) if spec.exclude else ())
+    return {"params": params, "macs": macs, "layers": len(post), "groups": post.num_groups()}
+
+
+def supernet_rows(measure: bool = False) -> list[dict[str, Any]]:
+    """Every listed super-network with its sizes (:func:`supernet_sizes`): the stored ones of the
+    built-ins (``supernets.listed_sizes``) unless ``measure``; a user's registered one is measured."""
     from pgnas.supernets import list_supernets
+    from pgnas.supernets.listed_sizes import LISTED_SIZES
 
     rows = []
     for spec in list_supernets():
-        model = spec.build(num_classes=1000 if spec.input_size >= 224 else 10, in_channels=3)
-        params = count_parameters(model)
-        macs = count_macs(model, (3, spec.input_size, spec.input_size))
-        post = instrument(
-            model,
-            groups=spec.groups(model) if spec.groups else None,
-            exclude=spec.exclude(model) if spec.exclude else (),
-        )
+        sizes = LISTED_SIZES.get(spec.name) if not measure else None
         rows.append({
-            "name": spec.name, "params": params, "macs": macs, "layers": len(post), "groups": post.num_groups(),
+            "name": spec.name, **(sizes or supernet_sizes(spec)),
             "input_size": spec.input_size, "lambda_w": spec.lambda_w, "paper_params": spec.paper_params,
             "description": spec.description,
         })
