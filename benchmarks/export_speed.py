@@ -31,17 +31,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import pgnas  # noqa: E402
 from pgnas.slim import slim_model  # noqa: E402
+from pgnas.slim.latency import cpu_name  # noqa: E402
 from pgnas.supernets import get_supernet  # noqa: E402
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time_all(fns, x: torch.Tensor, repeats: int) -> list[float]:
@@ -125,7 +116,7 @@ def main(argv=None) -> int:
         "benchmark": "export_speed",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
                     "load_average_before": load_before, "load_average_after": load_after},
         "torch": torch.__version__,
         **source,

@@ -68,9 +68,9 @@ CPU = torch.device("cpu")
 
 def machine() -> str:
     """The machine a run's seconds belong to: CPU model, architecture, usable cores, torch."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    return ", ".join([*models[:1], platform.machine(), f"{len(os.sched_getaffinity(0))} cores", f"torch {torch.__version__}"])
+    from pgnas.slim.latency import cpu_name
+
+    return ", ".join([cpu_name(), platform.machine(), f"{len(os.sched_getaffinity(0))} cores", f"torch {torch.__version__}"])
 
 
 def log(msg: str) -> None:
@@ -97,7 +97,15 @@ def train(cfg: pgnas.SearchConfig, **kw) -> dict:
 
 
 def cost(summary: dict, images: int) -> dict:
-    return {"epochs": summary["epochs"], "images_seen": summary["epochs"] * images, "seconds": round(summary["seconds"]["total"], 1)}
+    """Epochs, images seen and seconds of a run. The seconds are its training's, summed over every
+    process that trained it (``training_seconds``: a run stopped and resumed counts each epoch
+    once), plus the other stages (data, scoring, test, export) of the process that finished it; a
+    summary without ``training_seconds`` counts that process's wall time."""
+    sec = summary["seconds"]
+    seconds = sec["total"]
+    if summary.get("training_seconds") is not None:
+        seconds = summary["training_seconds"] + sec["total"] - sec.get("train", 0.0)
+    return {"epochs": summary["epochs"], "images_seen": summary["epochs"] * images, "seconds": round(seconds, 1)}
 
 
 def test_acc_of(model_file: Path) -> float:

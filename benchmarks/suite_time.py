@@ -24,16 +24,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def parse(output: str) -> dict:
     """Counts from pytest's final line (``1 failed, 354 passed, 2 skipped in 800.1s``), the workers
     xdist started and the --durations table."""
@@ -63,6 +53,8 @@ def main() -> None:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     from importlib.metadata import version
+
+    from pgnas.slim.latency import cpu_name
 
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "note": args.note,
               "command": " ".join(["python"] + cmd[1:]), "workers": args.workers, "exit_status": proc.returncode,

@@ -1,6 +1,6 @@
 """Tempered posteriors and their BN statistics on the embedded digits run (issue: correctness).
 
-The README's quick-start search (``pgnas search``: digits, shake-shake-8-2x16d, defaults), then
+The README's quick-start search (``pgnas search``: digits, shake-shake-14-2x16d, defaults), then
 ``pgnas sample RUN --candidates 50 --max-macs B`` at two budgets below every candidate of the run
 (75 % of its cheapest candidate's slim MACs, and 600K), each with BN statistics re-estimated per
 candidate (the default for a tempered posterior: 8 training batches) and without
@@ -45,7 +45,7 @@ def main() -> None:
     res = pgnas.search(pgnas.SearchConfig(out=str(run)), progress=False) if not (run / "summary.json").is_file() else None
     summary = res.summary if res else json.loads((run / "summary.json").read_text())
     cheapest = min(r["macs"] for r in read_candidates(run / "candidates.jsonl").values())
-    out = {"setup": {"run": "pgnas search (defaults: digits, shake-shake-8-2x16d)", "candidates": args.candidates,
+    out = {"setup": {"run": "pgnas search (defaults: digits, shake-shake-14-2x16d)", "candidates": args.candidates,
                      "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
                      "date": time.strftime("%Y-%m-%d")},
            "untempered": best(summary), "cheapest_candidate_macs": cheapest, "budgets": []}

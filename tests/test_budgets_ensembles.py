@@ -257,3 +257,21 @@ def test_partial_race_scores_never_compete_with_whole_split_scores(run, tmp_path
     info = export_run(copy, max_macs=1e12, out=tmp_path / "b.pt")
     assert info["candidate"] != worst["index"]
     assert info["candidate"] == rank([r for r in rows if r is not worst])[0]["index"]
+
+
+def test_cached_latencies_belong_to_one_cpu_model(monkeypatch):
+    """A results folder sampled on another CPU of the same architecture and threads measures its
+    latencies again: the cache key names the CPU model."""
+    from pathlib import Path
+
+    from pgnas.slim import latency
+
+    info = Path("/proc/cpuinfo")
+    models = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")] if info.is_file() else []
+    if models:
+        assert latency.cpu_name() == models[0]
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(latency, "cpu_name", lambda: "CPU A")
+    a = latency.device_name(cpu)
+    monkeypatch.setattr(latency, "cpu_name", lambda: "CPU B")
+    assert latency.device_name(cpu) != a and "CPU B" in latency.device_name(cpu)

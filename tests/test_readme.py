@@ -130,7 +130,7 @@ def test_readme_chain(chain, tmp_path):
         if text.startswith("pgnas search --out runs/first "):  # the quick start keeps what the README says of it
             summary = json.loads((tmp_path / "runs" / "first" / "summary.json").read_text())
             assert summary["num_candidates"] == 100 and summary["epochs"] == 40
-            assert summary["selected"]["test_acc"] >= 0.95, summary["selected"]  # README: "typically 97-99%"
+            assert summary["selected"]["test_acc"] >= 0.95, summary["selected"]  # README: 98.9 % measured (quick_start.json)
             checked_quick_start = True
         ran += 1
     assert checked_quick_start == (chain == "first")

@@ -156,3 +156,14 @@ def test_results_md_has_the_longer_search_table_as_printed():
         pytest.skip("benchmarks/results/fair_evidence_longer.json is not there yet")
     mod = _longer()
     assert mod.table(json.loads(result_file.read_text())) in (REPO / "benchmarks" / "RESULTS.md").read_text()
+
+
+def test_a_resumed_runs_cost_counts_every_process_that_trained_it():
+    """Seed 2's plain network resumed at epoch 70 of 80: its summary's wall time (111.5 s) is the
+    last process's; the cost counts all 80 epochs (training_seconds) plus the stages after them."""
+    fe = _fair_evidence()
+    resumed = {"epochs": 80, "training_seconds": 862.5, "seconds": {"data": 1.1, "train": 98.8, "test": 7.3, "total": 111.5}}
+    assert fe.cost(resumed, 100) == {"epochs": 80, "images_seen": 8000, "seconds": 875.2}
+    one_process = {"epochs": 8, "training_seconds": 50.0, "seconds": {"train": 50.4, "score": 20.0, "total": 72.0}}
+    assert fe.cost(one_process, 10)["seconds"] == 71.6
+    assert fe.cost({"epochs": 8, "seconds": {"total": 72.0}}, 10)["seconds"] == 72.0  # an older summary

@@ -63,8 +63,11 @@ def test_the_listing_builds_only_a_registered_supernet(monkeypatch):
 
 
 def test_supnet_ei_params_match_paper_within_3pct():
-    n = count_parameters(get_supernet("supnet-ei").build(10, 3))
+    model = get_supernet("supnet-ei").build(10, 3)
+    n = count_parameters(model)
     assert abs(n - 15.3e6) / 15.3e6 < 0.03, n
+    bn = sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    assert (round(n / 1e6, 2), round((n - bn) / 1e6, 2)) == (15.37, 15.28)  # README: with and without BN
 
 
 def test_supnet_e_params_close_to_paper():
@@ -101,8 +104,11 @@ def test_supnet_r50_params_follow_the_described_inflation():
     base = _torchvision_resnet50_params()
     assert base == 25_557_032
     # each bottleneck 3x3 (9 w^2) -> four w/4-wide branches of kernel areas 1, 9, 9, 25 (11 w^2)
-    extra = sum(n_ * 2 * (64 * 2**i) ** 2 for i, n_ in enumerate((3, 4, 6, 3)))
-    assert n == base + extra == 28_071_976
+    squares = sum(n_ * (64 * 2**i) ** 2 for i, n_ in enumerate((3, 4, 6, 3)))
+    assert n == base + 2 * squares == 28_071_976
+    # the paper's 44.0M cannot come from wider branches either (README): half-width branches add
+    # 22 - 9 w^2 and make the next 1x1 conv read 2w (+4 w^2); full-width ones 44 - 9 and +12 w^2
+    assert (round((base + 17 * squares) / 1e6, 1), round((base + 47 * squares) / 1e6, 1)) == (46.9, 84.7)
 
 
 def test_supnet_d121_params_equal_torchvision_densenet121():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -31,12 +32,27 @@ def latency_ms(net: nn.Module, input_shape: Sequence[int], device: torch.device,
     return statistics.median(times)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says of it."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
+    """What a latency is measured on, the key of cached latencies: the GPU's name; on a CPU its
+    model, architecture and torch's threads (a results folder sampled on another CPU measures again)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"cpu {platform.machine()} {torch.get_num_threads()} threads"
+    return f"cpu {cpu_name()} {platform.machine()} {torch.get_num_threads()} threads"
 
 
 def network_key(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int]) -> str:
