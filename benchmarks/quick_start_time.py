@@ -30,6 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     from importlib.metadata import version
 
+    from pgnas.config import SearchConfig
     from pgnas.slim.latency import cpu_name
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # as a user's shell: threads chosen by pgnas
@@ -43,8 +44,8 @@ def main() -> None:
             if proc.returncode:
                 raise SystemExit(proc.stderr[-2000:])
             s = json.loads((Path(tmp) / "runs" / "first" / "summary.json").read_text())
-            cfg = (Path(tmp) / "runs" / "first" / "config.toml").read_text()
-        threads = next((line.split("=")[1].strip() for line in cfg.splitlines() if line.startswith("threads")), None)
+            threads = SearchConfig.from_toml(Path(tmp) / "runs" / "first" / "config.toml").threads
+        threads = None if threads is None else str(threads)  # as recorded before
         records.append({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "wall_seconds": round(wall, 1), "stage_seconds": s["seconds"], "threads": threads,

@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pgnas.data.imagefolder import usable_cpus
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -13,10 +15,7 @@ SHARED = REPO.parent / "shared"
 # assigned the same number, also tells the CLI's commands, run in this process or in subprocesses, not to
 # choose their threads from the machine's load (tests compare runs bit for bit), and keeps them from
 # oversubscribing the cores the other workers use.
-try:
-    CORES = len(os.sched_getaffinity(0))
-except AttributeError:  # not on Linux
-    CORES = os.cpu_count() or 1
+CORES = usable_cpus()
 MAX_WORKERS = 8  # each worker holds torch and, at times, a 1-2 GB network or a torchrun of 2 processes
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = int(os.environ.get("PGNAS_TEST_THREADS", max(1, min(2, CORES // WORKERS))))
