@@ -69,7 +69,7 @@ HARDWARE = {
     "supnet-ei-cifar10": "GPU (paper: 1 P40)",
     "supnet-r50-imagenet": "GPUs (paper: 4 M40) and ImageNet",
     "supnet-d121-imagenet": "GPUs (paper: 4 M40, 26 GPU-days) and ImageNet",
-    "cifar10-small": "a CPU (10-15 minutes a search on 2 cores; give --data-dir with CIFAR-10)",
+    "cifar10-small": "a CPU (about 6 minutes a search on the evidence's 2-core VMs, several times that on a slower CPU; give --data-dir with CIFAR-10)",
 }
 
 
